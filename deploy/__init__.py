@@ -1,0 +1,1 @@
+"""Deploying functions: the OpenFaaS gateway client, the embedded runtime, regimes, stack.yml."""

@@ -1,0 +1,1 @@
+"""The VideoSearcher stages and orchestrator as functions, with artifact storage and telemetry."""

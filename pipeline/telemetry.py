@@ -1,0 +1,81 @@
+"""Telemetry attached to every function response, and the replica facts it needs."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import sys
+from dataclasses import asdict, dataclass, field
+
+ENV_REPLICA_ID = "VS_REPLICA_ID"
+ENV_MEMORY_LIMIT_MB = "VS_MEMORY_LIMIT_MB"
+DEFAULT_MEMORY_LIMIT_MB = 1024
+
+
+@dataclass
+class Telemetry:
+    """What one invocation cost, as reported in every response.
+
+    ``duration_ms`` is the wall time of the invocation on the replica; ``compute_ms`` the
+    part spent inside the engines (ffmpeg, librosa, the speech or detection model);
+    ``init_ms`` the model load time of this replica (reported on every call);
+    ``cost_gb_s`` is ``duration_ms / 1000 * memory_limit_mb / 1024``.
+    """
+
+    stage: str
+    request_id: str
+    duration_ms: float = 0.0
+    compute_ms: float = 0.0
+    init_ms: float = 0.0
+    cold_start: bool = False
+    replica_id: str = ""
+    memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB
+    peak_rss_mb: float = 0.0
+    cost_gb_s: float = 0.0
+    started_at: float = 0.0
+    status: str = "ok"
+    extra: dict = field(default_factory=dict)
+
+    def finish(self, duration_ms: float) -> Telemetry:
+        self.duration_ms = round(duration_ms, 3)
+        self.cost_gb_s = round(duration_ms / 1000.0 * self.memory_limit_mb / 1024.0, 9)
+        self.peak_rss_mb = round(peak_rss_mb(), 1)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def replica_id() -> str:
+    """Return this process's replica id: ``VS_REPLICA_ID`` if set, else ``<hostname>-<pid>``.
+
+    On Kubernetes the hostname is the pod name; on the embedded runtime the pid tells the
+    replica processes of one machine apart.
+    """
+    global _REPLICA_ID
+    if _REPLICA_ID is None:
+        _REPLICA_ID = os.environ.get(ENV_REPLICA_ID) or f"{socket.gethostname()}-{os.getpid()}"
+    return _REPLICA_ID
+
+
+_REPLICA_ID: str | None = None
+
+
+def memory_limit_mb() -> int:
+    """Return the memory limit of this replica in MiB from ``VS_MEMORY_LIMIT_MB`` (default 1024)."""
+    raw = os.environ.get(ENV_MEMORY_LIMIT_MB, "")
+    try:
+        value = int(float(raw)) if raw else DEFAULT_MEMORY_LIMIT_MB
+    except ValueError:
+        value = DEFAULT_MEMORY_LIMIT_MB
+    return value if value > 0 else DEFAULT_MEMORY_LIMIT_MB
+
+
+def peak_rss_mb() -> float:
+    """Return the peak resident set size of this process and its waited children, in MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak = max(own, children)
+    # Linux reports kilobytes, macOS bytes.
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
