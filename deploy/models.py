@@ -116,6 +116,9 @@ class FunctionStatus:
     created_at: str = ""
     usage_cpu: float | None = None
     usage_total_memory_bytes: float | None = None
+    last_error: str = ""
+    """Why the last replica start failed; an extension of the embedded runtime, never sent
+    by OpenFaaS, and empty once a replica became ready again."""
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -130,6 +133,8 @@ class FunctionStatus:
             "namespace": self.namespace,
             "createdAt": self.created_at,
         }
+        if self.last_error:
+            body["lastError"] = self.last_error
         if self.usage_cpu is not None or self.usage_total_memory_bytes is not None:
             body["usage"] = {
                 "cpu": self.usage_cpu or 0.0,
@@ -153,4 +158,5 @@ class FunctionStatus:
             created_at=str(body.get("createdAt", "") or ""),
             usage_cpu=usage.get("cpu"),
             usage_total_memory_bytes=usage.get("totalMemoryBytes"),
+            last_error=str(body.get("lastError", "") or ""),
         )
