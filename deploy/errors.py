@@ -43,3 +43,29 @@ class GatewayServerError(GatewayError):
 
 class ReadinessTimeoutError(DeployError):
     """A function did not reach the expected replica count within its timeout."""
+
+
+class ReplicaStartError(DeployError):
+    """A replica of the embedded runtime exited or never became healthy while starting.
+
+    Attributes:
+        function: the function name.
+        replica_id: the replica that failed.
+        exit_code: the process exit code, or None when it was still running (not healthy).
+        stderr_tail: the last lines the process wrote to stderr.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        function: str = "",
+        replica_id: str = "",
+        exit_code: int | None = None,
+        stderr_tail: str = "",
+    ):
+        super().__init__(message)
+        self.function = function
+        self.replica_id = replica_id
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
