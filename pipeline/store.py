@@ -334,6 +334,7 @@ ENV_S3_ENDPOINT = "VS_S3_ENDPOINT"
 ENV_S3_BUCKET = "VS_S3_BUCKET"
 ENV_S3_ACCESS_KEY = "VS_S3_ACCESS_KEY"
 ENV_S3_SECRET_KEY = "VS_S3_SECRET_KEY"
+ENV_S3_SECRET_KEY_FILE = "VS_S3_SECRET_KEY_FILE"
 ENV_S3_SECURE = "VS_S3_SECURE"
 DEFAULT_STORE_ROOT = "runs/store"
 
@@ -344,8 +345,12 @@ def store_from_env(environ: Mapping[str, str] | None = None) -> ArtifactStore:
     ``VS_STORE`` is ``local`` (default; folder ``VS_STORE_ROOT``, default ``runs/store``) or
     ``s3`` (``VS_S3_ENDPOINT``, ``VS_S3_BUCKET``, ``VS_S3_ACCESS_KEY``, ``VS_S3_SECRET_KEY``,
     ``VS_S3_SECURE``; the keys fall back to ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``).
+    ``VS_S3_SECRET_KEY_FILE`` names a file holding the secret key, as OpenFaaS mounts secrets;
+    it is read only when ``VS_S3_SECRET_KEY`` is unset.
     """
     env = os.environ if environ is None else environ
+    if env.get(ENV_S3_SECRET_KEY_FILE) and not env.get(ENV_S3_SECRET_KEY):
+        env = {**env, ENV_S3_SECRET_KEY: _read_secret_file(env[ENV_S3_SECRET_KEY_FILE])}
     kind = env.get(ENV_STORE_KIND, "local").strip().lower()
     if kind == "local":
         return LocalStore(env.get(ENV_STORE_ROOT, DEFAULT_STORE_ROOT))
@@ -375,6 +380,20 @@ def store_from_env(environ: Mapping[str, str] | None = None) -> ArtifactStore:
             )
         )
     raise StorageError(f"{ENV_STORE_KIND}={kind!r} is not a store kind; use 'local' or 's3'.")
+
+
+def _read_secret_file(path: str) -> str:
+    """Return the stripped content of a secret file; the message never shows the content."""
+    try:
+        secret = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise StorageError(
+            f"Cannot read the S3 secret key from {ENV_S3_SECRET_KEY_FILE}={path!r}: "
+            f"{exc.strerror}. Check that the secret is mounted there."
+        ) from exc
+    if not secret:
+        raise StorageError(f"The S3 secret key file {path!r} is empty; write the key into it.")
+    return secret
 
 
 @contextmanager

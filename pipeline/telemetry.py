@@ -7,6 +7,7 @@ import resource
 import socket
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 ENV_REPLICA_ID = "VS_REPLICA_ID"
 ENV_MEMORY_LIMIT_MB = "VS_MEMORY_LIMIT_MB"
@@ -62,14 +63,48 @@ def replica_id() -> str:
 _REPLICA_ID: str | None = None
 
 
+CGROUP_MEMORY_LIMIT_FILES = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+"""Files in which cgroup v2 and v1 publish the container's memory limit in bytes."""
+
+CGROUP_UNLIMITED_BYTES = 1 << 60
+"""cgroup v1 reports "no limit" as a number near 2**63; anything above this counts as none."""
+
+
 def memory_limit_mb() -> int:
-    """Return the memory limit of this replica in MiB from ``VS_MEMORY_LIMIT_MB`` (default 1024)."""
+    """Return the memory limit of this replica in MiB.
+
+    ``VS_MEMORY_LIMIT_MB`` wins when it is a positive number; otherwise the container's
+    cgroup limit (v2 ``memory.max``, then v1 ``memory.limit_in_bytes``) when one is set;
+    otherwise :data:`DEFAULT_MEMORY_LIMIT_MB`.
+    """
     raw = os.environ.get(ENV_MEMORY_LIMIT_MB, "")
     try:
-        value = int(float(raw)) if raw else DEFAULT_MEMORY_LIMIT_MB
+        value = int(float(raw)) if raw else 0
     except ValueError:
-        value = DEFAULT_MEMORY_LIMIT_MB
-    return value if value > 0 else DEFAULT_MEMORY_LIMIT_MB
+        value = 0
+    if value > 0:
+        return value
+    return cgroup_memory_limit_mb() or DEFAULT_MEMORY_LIMIT_MB
+
+
+def cgroup_memory_limit_mb() -> int | None:
+    """Return the cgroup memory limit of this process in MiB, or None when there is none."""
+    for path in CGROUP_MEMORY_LIMIT_FILES:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if not text.isdigit():
+            # cgroup v2 writes "max" when no limit is set.
+            return None
+        limit_bytes = int(text)
+        if 0 < limit_bytes < CGROUP_UNLIMITED_BYTES:
+            return max(limit_bytes // (1024 * 1024), 1)
+        return None
+    return None
 
 
 def peak_rss_mb() -> float:

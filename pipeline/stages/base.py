@@ -100,7 +100,8 @@ class Stage(ABC, Generic[ConfigT]):
         """Run one invocation in a private scratch folder and return its output and telemetry.
 
         Raises :class:`BadRequestError` for a malformed request and the stage's
-        :class:`~pipeline.errors.StageError` subclasses for failures on the input.
+        :class:`~pipeline.errors.StageError` subclasses for failures on the input. An error
+        raised by :meth:`run` carries the call's telemetry as its ``telemetry`` attribute.
         """
         if not isinstance(request, dict):
             raise BadRequestError(f"{self.name}: the request body must be a JSON object.")
@@ -122,9 +123,11 @@ class Stage(ABC, Generic[ConfigT]):
         try:
             with scratch_folder(self.name) as scratch:
                 output = self.run(request, Invocation(request_id, store, scratch, telemetry))
-        except Exception:
+        except Exception as exc:
             telemetry.status = "error"
             telemetry.finish((time.perf_counter() - start) * 1000.0)
+            # The function server reports the telemetry of failed calls too.
+            exc.telemetry = telemetry
             raise
         telemetry.finish((time.perf_counter() - start) * 1000.0)
         return StageResult(output, telemetry)
