@@ -81,8 +81,9 @@ DEFAULT_ROLLOUT_GRACE_S = 30.0
 """Time the ``redeploy`` strategy waits after the new replicas report ready, so that a
 rolling update can stop the old replicas."""
 
-EMBEDDED_PROVIDER_NAMES = frozenset({"vs-local", "embedded", "local"})
-"""``/system/info`` provider names of the embedded runtime, which can scale to zero."""
+EMBEDDED_PROVIDER_NAMES = frozenset({"videosearcher-local"})
+"""``/system/info`` provider names of the embedded runtime (``deploy.local``), which can
+scale to zero."""
 
 SCALE_TO_ZERO_PROVIDER_MARKERS = ("pro", "edge", "enterprise")
 """Words in a provider name that mark an OpenFaaS edition with scale to zero (Pro, Edge)."""

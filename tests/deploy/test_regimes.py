@@ -17,6 +17,7 @@ from deploy.models import (
     LABEL_SCALE_ZERO_DURATION,
 )
 from deploy.regimes import (
+    EMBEDDED_PROVIDER_NAMES,
     ColdStrategy,
     PlatformInfo,
     RegimeConfig,
@@ -170,7 +171,7 @@ def test_platform_info_reads_gateway_body():
         ("faasd-pro", True),
         ("faas-netes-pro", True),
         ("openfaas-edge", True),
-        ("vs-local", True),
+        ("videosearcher-local", True),
     ],
 )
 def test_scale_to_zero_support_by_provider(provider, supported):
@@ -195,7 +196,7 @@ def test_auto_cold_on_community_edition_redeploys():
 
 
 def test_auto_cold_on_embedded_runtime_scales_to_zero():
-    info = {"provider": {"provider": "vs-local", "orchestration": "process"}}
+    info = {"provider": "videosearcher-local", "orchestration": "local-process"}
 
     assert resolve_cold_strategy(cold(), info) is ColdStrategy.SCALE_TO_ZERO
 
@@ -219,3 +220,9 @@ def test_explicit_redeploy_kept_on_pro():
     regime = RegimeConfig(name="cold", min_replicas=0, cold_strategy="redeploy")
 
     assert resolve_cold_strategy(regime, {"provider": "faasd-pro"}) is ColdStrategy.REDEPLOY
+
+
+def test_embedded_runtime_name_is_known():
+    from deploy.local.api import PROVIDER_NAME
+
+    assert PROVIDER_NAME in EMBEDDED_PROVIDER_NAMES
