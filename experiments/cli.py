@@ -1,0 +1,136 @@
+"""The ``experiments`` command: ``run`` (Hydra), ``report`` and ``ui``.
+
+``run`` hands the rest of the command line to Hydra, so ``-m``, ``--cfg job``, ``--help``
+and ``--shell-completion`` behave as in any Hydra app. A job that fails is logged in one
+line (the traceback only with ``HYDRA_FULL_ERROR=1``), and the sweep goes on; the command
+exits 1 when a job failed and 130 when a job was interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from experiments.config import register_configs
+from experiments.errors import ExperimentError
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "conf"
+COMMANDS = ("run", "report", "ui")
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+USAGE = """\
+usage: experiments COMMAND [ARGS...]
+
+commands:
+  run      compose a config with Hydra, deploy the pipeline, drive the load, record the run
+           (experiments run --help lists the config groups and their options)
+  report   compare finished runs from MLflow (experiments report --help)
+  ui       open the MLflow UI on the tracking store (experiments ui --help)
+"""
+
+_job_outcomes: list[str] = []
+"""Status of each job finished in this process: FINISHED, FAILED or KILLED."""
+
+register_configs()
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+def _hydra_job(cfg: DictConfig) -> None:
+    from experiments.runner import run_job
+
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        status = run_job(cfg, output_dir)
+    except ExperimentError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            logger.exception("The job failed")
+        else:
+            logger.error("The job failed: %s", exc)
+        status = "FAILED"
+    _job_outcomes.append(status)
+
+
+def run_command(args: Sequence[str]) -> int:
+    """Run one job, or a sweep with ``-m``; return the process exit status."""
+    _job_outcomes.clear()
+    saved_argv = sys.argv
+    sys.argv = ["experiments run", *args]
+    try:
+        _hydra_job()
+    finally:
+        sys.argv = saved_argv
+    if "KILLED" in _job_outcomes:
+        return EXIT_INTERRUPTED
+    if "FAILED" in _job_outcomes:
+        return EXIT_FAILED
+    return 0
+
+
+def _completion_query(args: Sequence[str]) -> bool:
+    return any(arg in ("-sc", "--shell-completion") for arg in args) and any(
+        arg.startswith("query=") for arg in args
+    )
+
+
+def complete(args: Sequence[str]) -> int:
+    """Answer a shell completion query from the line in ``COMP_LINE``.
+
+    Hydra's bash function calls ``experiments -sc query=bash`` with the line being typed.
+    The first word after the program name is completed against the commands; after ``run``
+    the command word is removed from the line and Hydra completes the overrides.
+    """
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split(" ")
+    if len(words) <= 2:
+        prefix = words[1] if len(words) == 2 else ""
+        print(" ".join(command for command in COMMANDS if command.startswith(prefix)))
+        return 0
+    if words[1] != "run":
+        return 0
+    stripped = " ".join([words[0], *words[2:]])
+    os.environ["COMP_LINE"] = stripped
+    point = int(os.environ.get("COMP_POINT", len(line)))
+    os.environ["COMP_POINT"] = str(max(point - (len(line) - len(stripped)), 0))
+    return run_command(list(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``experiments COMMAND ...`` and return the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if _completion_query(args):
+        return complete(args)
+    if any(arg in ("-sc", "--shell-completion") for arg in args):
+        # ``--shell-completion install=bash`` prints the script that registers the program.
+        return run_command(args)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if args else EXIT_USAGE
+    command, rest = args[0], args[1:]
+    if command == "run":
+        return run_command(rest)
+    if command == "report":
+        from experiments.report import report_main
+
+        return int(report_main(rest) or 0)
+    if command == "ui":
+        from experiments.report import ui_main
+
+        return int(ui_main(rest) or 0)
+    print(
+        f"experiments: unknown command {command!r}; choose one of {', '.join(COMMANDS)}.",
+        file=sys.stderr,
+    )
+    print(USAGE, end="", file=sys.stderr)
+    return EXIT_USAGE

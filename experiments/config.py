@@ -1,0 +1,423 @@
+"""Typed schemas of the Hydra config, registered in Hydra's ConfigStore.
+
+``conf/config.yaml`` starts its defaults list with ``base_config`` (:class:`Config`), and the
+files of the groups whose options differ in shape (workload, backend, storage) start with
+their own schema (``schema_workload_steady`` and so on), so a wrong type or a misspelt key
+fails at composition. Hydra lets ``+key=value`` add keys even to a structured config, so
+:func:`check_config` rejects every key that no schema declares before a job touches the
+platform, and validates each stage's ``config`` against the stage's own config dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from deploy.regimes import RegimeConfig
+from experiments.errors import ConfigError
+from experiments.pricing import PriceSheet
+
+logger = logging.getLogger(__name__)
+
+FUNCTION_NAMES: tuple[str, ...] = (
+    "ffmpeg-0",
+    "librosa",
+    "ffmpeg-1",
+    "ffmpeg-2",
+    "asr",
+    "ffmpeg-3",
+    "object-detector",
+    "orchestrator",
+)
+"""The eight functions every pipeline config must define, in pipeline order."""
+
+SECRET_KEYS: frozenset[str] = frozenset({"password", "secret_key", "access_key"})
+"""Config keys whose values are masked in logs, saved configs and MLflow params."""
+
+MASK = "***"
+
+
+class WorkloadKind(enum.Enum):
+    STEADY = "steady"
+    BURST = "burst"
+
+
+class BackendKind(enum.Enum):
+    LOCAL = "local"
+    OPENFAAS = "openfaas"
+
+
+class StorageKind(enum.Enum):
+    LOCAL = "local"
+    MINIO = "minio"
+
+
+@dataclass
+class WorkloadConfig:
+    """What all workloads share. ``request_timeout_s`` bounds one end-to-end request."""
+
+    kind: str = MISSING
+    request_timeout_s: float = 180.0
+
+
+@dataclass
+class SteadyWorkloadConfig(WorkloadConfig):
+    """Open-loop arrivals at ``rate_per_s`` requests per second for ``duration_s`` seconds."""
+
+    kind: str = WorkloadKind.STEADY.value
+    rate_per_s: float = 0.2
+    duration_s: float = 30.0
+
+
+@dataclass
+class BurstWorkloadConfig(WorkloadConfig):
+    """``idle_before_s`` of silence, ``burst_size`` requests at once, then ``idle_after_s``."""
+
+    kind: str = WorkloadKind.BURST.value
+    idle_before_s: float = 5.0
+    burst_size: int = 4
+    idle_after_s: float = 10.0
+
+
+@dataclass
+class FunctionConfig:
+    """One function: its memory limit, its in-flight limit per replica and its stage config."""
+
+    memory_mb: int = 1024
+    max_inflight: int = 1
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineConfig:
+    """Stage variants. Images are ``{image_prefix}-{function}:{image_tag}``."""
+
+    image_prefix: str = "videosearcher"
+    image_tag: str = "latest"
+    functions: dict[str, FunctionConfig] = field(default_factory=dict)
+
+
+@dataclass
+class BackendConfig:
+    kind: str = MISSING
+
+
+@dataclass
+class LocalBackendConfig(BackendConfig):
+    """The embedded runtime on this machine. ``port: 0`` picks a free port."""
+
+    kind: str = BackendKind.LOCAL.value
+    host: str = "127.0.0.1"
+    port: int = 0
+    ready_timeout_s: float = 120.0
+    scale_from_zero_timeout_s: float = 180.0
+
+
+@dataclass
+class OpenFaasBackendConfig(BackendConfig):
+    """A running OpenFaaS gateway. ``password_file`` wins over ``password`` when set."""
+
+    kind: str = BackendKind.OPENFAAS.value
+    url: str = "http://127.0.0.1:8080"
+    username: str = "admin"
+    password: str = "${oc.env:OPENFAAS_PASSWORD,''}"
+    password_file: str = ""
+    timeout_s: float = 30.0
+
+
+@dataclass
+class StorageConfig:
+    kind: str = MISSING
+
+
+@dataclass
+class LocalStorageConfig(StorageConfig):
+    kind: str = StorageKind.LOCAL.value
+    root: str = "runs/store"
+
+
+@dataclass
+class MinioStorageConfig(StorageConfig):
+    """A MinIO or S3 server; the keys come from the environment unless set."""
+
+    kind: str = StorageKind.MINIO.value
+    endpoint: str = "127.0.0.1:9000"
+    bucket: str = "videosearcher"
+    access_key: str = "${oc.env:AWS_ACCESS_KEY_ID,''}"
+    secret_key: str = "${oc.env:AWS_SECRET_ACCESS_KEY,''}"
+    secure: bool = False
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///runs/mlflow.db"
+    experiment_name: str = "videosearcher-regimes"
+
+
+@dataclass
+class DatasetConfig:
+    """Videos sent by the load, each a path or a ``file://`` or ``s3://`` URI.
+
+    A relative path is looked up in the current folder first, then in the project folder.
+    """
+
+    files: list[str] = field(default_factory=lambda: ["pipeline/samples/sample.mp4"])
+
+
+@dataclass
+class LoadConfig:
+    """How Locust runs. ``workers: 0`` is one process; N is one master and N local workers."""
+
+    workers: int = 0
+    progress_interval_s: float = 5.0
+    sample_interval_s: float = 1.0
+    max_users: int = 64
+    startup_timeout_s: float = 60.0
+    locust_log_level: str = "WARNING"
+
+
+@dataclass
+class Config:
+    """The whole job config; ``conf/config.yaml`` sets the group defaults."""
+
+    regime: RegimeConfig = MISSING
+    workload: WorkloadConfig = MISSING
+    pipeline: PipelineConfig = MISSING
+    backend: BackendConfig = MISSING
+    storage: StorageConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    prices: PriceSheet = field(default_factory=PriceSheet)
+    load: LoadConfig = field(default_factory=LoadConfig)
+    seed: int = 0
+    repeat: int = 1
+    keep_deployed: bool = False
+    settle_timeout_s: float = 600.0
+
+
+SCHEMAS: dict[str, type] = {
+    "base_config": Config,
+    "schema_workload_steady": SteadyWorkloadConfig,
+    "schema_workload_burst": BurstWorkloadConfig,
+    "schema_backend_local": LocalBackendConfig,
+    "schema_backend_openfaas": OpenFaasBackendConfig,
+    "schema_storage_local": LocalStorageConfig,
+    "schema_storage_minio": MinioStorageConfig,
+}
+"""ConfigStore name -> schema. Stored at the root, not in a group, so ``--help`` lists none."""
+
+
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore; safe to call more than once."""
+    store = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        store.store(name=name, node=node)
+
+
+def check_config(cfg: DictConfig) -> Config:
+    """Validate a composed config and return it as typed dataclasses.
+
+    Raises :class:`ConfigError` naming the key for a key no schema declares (such as one
+    added with ``+``), a wrong type, a missing or unknown function, a stage config field the
+    stage does not know, or a workload value out of range.
+    """
+    _reject_unknown_keys(cfg, "")
+    try:
+        config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"Invalid config: {exc}. Fix the value on the command line.") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"Invalid config: {exc}") from exc
+    assert isinstance(config, Config)
+
+    _check_ranges(config)
+    _check_functions(config.pipeline)
+    return config
+
+
+def _reject_unknown_keys(node: Any, path: str) -> None:
+    if isinstance(node, ListConfig):
+        return
+    if not isinstance(node, DictConfig):
+        return
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        known = {item.name for item in dataclasses.fields(schema)}
+        for key in node:
+            if key not in known:
+                where = f"{path}.{key}" if path else str(key)
+                raise ConfigError(
+                    f"Unknown config key {where!r}: {schema.__name__} has the fields "
+                    f"{', '.join(sorted(known))}. Remove it or fix its spelling."
+                )
+    for key in node:
+        if path == "" and key == "hydra":
+            continue
+        if isinstance(key, str) and key == "config" and path.startswith("pipeline.functions."):
+            continue
+        child = node._get_node(key)
+        _reject_unknown_keys(child, f"{path}.{key}" if path else str(key))
+
+
+def _check_ranges(config: Config) -> None:
+    workload = config.workload
+    positive: list[tuple[str, float]] = [
+        ("workload.request_timeout_s", workload.request_timeout_s),
+        ("repeat", config.repeat),
+        ("load.progress_interval_s", config.load.progress_interval_s),
+        ("load.sample_interval_s", config.load.sample_interval_s),
+        ("load.max_users", config.load.max_users),
+        ("settle_timeout_s", config.settle_timeout_s),
+    ]
+    if isinstance(workload, SteadyWorkloadConfig):
+        positive += [
+            ("workload.rate_per_s", workload.rate_per_s),
+            ("workload.duration_s", workload.duration_s),
+        ]
+        if workload.rate_per_s * workload.duration_s < 1:
+            raise ConfigError(
+                f"workload.rate_per_s={workload.rate_per_s} for workload.duration_s="
+                f"{workload.duration_s} sends no request; raise the rate or the duration."
+            )
+    elif isinstance(workload, BurstWorkloadConfig):
+        positive.append(("workload.burst_size", workload.burst_size))
+        for name, value in (
+            ("workload.idle_before_s", workload.idle_before_s),
+            ("workload.idle_after_s", workload.idle_after_s),
+        ):
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0 seconds, got {value}.")
+    else:
+        raise ConfigError(
+            f"workload.kind={workload.kind!r} has no schema; choose workload=steady or "
+            "workload=burst."
+        )
+    for name, value in positive:
+        if value <= 0:
+            raise ConfigError(f"{name} must be greater than 0, got {value}.")
+    if config.load.workers < 0:
+        raise ConfigError(
+            f"load.workers must be 0 (one process) or more, got {config.load.workers}."
+        )
+    for section, schema_kind in (
+        ("workload", _schema_kind(config.workload)),
+        ("backend", _schema_kind(config.backend)),
+        ("storage", _schema_kind(config.storage)),
+    ):
+        kind = getattr(config, section).kind
+        if kind != schema_kind:
+            raise ConfigError(
+                f"{section}.kind={kind!r} does not match the chosen {section} file; choose "
+                f"{section}={kind} instead of overriding {section}.kind."
+            )
+
+
+def _schema_kind(section: Any) -> str:
+    defaults = {item.name: item.default for item in dataclasses.fields(section)}
+    return str(defaults["kind"])
+
+
+def _check_functions(pipeline: PipelineConfig) -> None:
+    missing = [name for name in FUNCTION_NAMES if name not in pipeline.functions]
+    if missing:
+        raise ConfigError(
+            f"pipeline.functions misses {', '.join(missing)}; every pipeline config defines "
+            f"the functions {', '.join(FUNCTION_NAMES)}."
+        )
+    unknown = sorted(set(pipeline.functions) - set(FUNCTION_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"pipeline.functions has unknown function(s) {', '.join(unknown)}; the functions "
+            f"are {', '.join(FUNCTION_NAMES)}."
+        )
+    for name, function in pipeline.functions.items():
+        if function.memory_mb <= 0:
+            raise ConfigError(
+                f"pipeline.functions.{name}.memory_mb must be greater than 0, "
+                f"got {function.memory_mb}."
+            )
+        if function.max_inflight <= 0:
+            raise ConfigError(
+                f"pipeline.functions.{name}.max_inflight must be greater than 0, "
+                f"got {function.max_inflight}."
+            )
+        check_stage_config(name, function.config)
+
+
+def check_stage_config(name: str, values: dict[str, Any]) -> None:
+    """Validate one function's ``config`` against its stage's config dataclass.
+
+    Unknown fields and values of the wrong type raise :class:`ConfigError` naming
+    ``pipeline.functions.<name>.config.<field>``.
+    """
+    from pipeline.stages import stage_class
+
+    where = f"pipeline.functions.{name}.config"
+    try:
+        stage = stage_class(name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"Cannot import the stage of function {name!r} to check {where}: {exc}."
+        ) from exc
+    config_class = stage.config_class
+    known = {item.name for item in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown field(s) {', '.join(unknown)}; the {name} stage takes "
+            f"{', '.join(sorted(known))}."
+        )
+    try:
+        schema = OmegaConf.structured(config_class)
+    except (OmegaConfBaseException, TypeError, ValueError):
+        # The stage's config uses types OmegaConf cannot check; the stage validates at start.
+        schema = None
+    try:
+        if schema is not None:
+            checked = OmegaConf.to_object(OmegaConf.merge(schema, values))
+        else:
+            checked = stage.config_from_mapping(dict(values))
+        validate = getattr(checked, "validate", None)
+        if callable(validate):
+            validate()
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"Invalid value in {where}: {exc}").with_traceback(None) from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"Invalid value in {where}: {exc}") from exc
+
+
+def masked_container(cfg: DictConfig | Config) -> dict[str, Any]:
+    """Return the resolved config as plain containers with every secret replaced by ``***``."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.structured(cfg)
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    return _mask(container)
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: (MASK if key in SECRET_KEYS and item else _mask(item))
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_mask(item) for item in value]
+    return value
+
+
+def secret_values(config: Config) -> list[str]:
+    """Return the non-empty secret strings of a config, for masking saved files."""
+    found: list[str] = []
+    for section in (config.backend, config.storage):
+        for key in SECRET_KEYS:
+            value = getattr(section, key, "")
+            if isinstance(value, str) and value:
+                found.append(value)
+    return found
