@@ -9,8 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
+from deploy.auth import Credentials
 from deploy.errors import DeploymentInvalidError
-from deploy.local.auth import Credentials, check_basic_auth
+from deploy.local.auth import check_basic_auth
 from deploy.local.metrics import GatewayMetrics
 from deploy.local.scaler import FunctionExistsError, Scaler
 from deploy.local.settings import DEFAULT_NAMESPACE

@@ -3,7 +3,8 @@
 Run as ``python noop_function.py [--exit-at-once CODE] [--never-ready] [--ready-delay S]``;
 it listens on ``$PORT`` (8080 by default). A call's JSON body or query string may carry
 ``sleep_s`` (wait before answering) and ``crash`` (write to stderr and exit with code 3 in the
-middle of the call). ``GET /_/ready`` and ``GET /_/health`` answer 200 once ready. Uses only
+middle of the call). ``GET /_/ready`` and ``GET /_/health`` answer 200 once ready;
+``GET /custom-ready`` always answers 200. Uses only
 the standard library so that a replica starts in a few tens of milliseconds.
 """
 
@@ -54,7 +55,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         path = urlsplit(self.path).path
-        if path in ("/_/ready", "/_/health", "/custom-ready"):
+        if path == "/custom-ready":
+            self._reply(200, {"ready": True})
+            return
+        if path in ("/_/ready", "/_/health"):
             ready = not self.never_ready and time.monotonic() - STARTED >= self.ready_delay_s
             self._reply(200 if ready else 503, {"ready": ready})
             return

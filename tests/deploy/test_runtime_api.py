@@ -1,0 +1,263 @@
+"""The gateway API of the embedded runtime: routes, invocation and rejected input."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.deploy.conftest import NOOP_COMMAND, noop_deployment
+
+
+def test_deploy_list_status_and_remove(http, deploy_noop):
+    deploy_noop("noop", labels={"com.openfaas.scale.max": "3"}, annotations={"a": "b"})
+
+    listed = http.get("/system/functions")
+    status = http.get("/system/function/noop", params={"usage": "1"})
+    removed = http.request("DELETE", "/system/functions", json={"functionName": "noop"})
+    after = http.get("/system/function/noop")
+
+    assert listed.status_code == 200
+    assert [f["name"] for f in listed.json()] == ["noop"]
+    body = status.json()
+    assert body["replicas"] == 1
+    assert body["availableReplicas"] == 1
+    assert body["namespace"] == "openfaas-fn"
+    assert body["annotations"] == {"a": "b"}
+    assert body["createdAt"].endswith("Z")
+    assert body["usage"]["totalMemoryBytes"] > 1_000_000
+    assert removed.status_code == 200
+    assert after.status_code == 404
+
+
+def test_info_namespaces_healthz(http):
+    info = http.get("/system/info")
+    namespaces = http.get("/system/namespaces")
+    healthz = http.get("/healthz")
+
+    assert info.json()["provider"] == "videosearcher-local"
+    assert namespaces.json() == ["openfaas-fn"]
+    assert healthz.status_code == 200
+
+
+def test_invoke_forwards_path_query_method_and_headers(http, deploy_noop):
+    deploy_noop()
+
+    response = http.put(
+        "/function/noop.openfaas-fn/some/path",
+        params={"q": "a b"},
+        content=b"payload",
+        headers={"X-Call-Id": "call-1", "X-Start-Time": "123"},
+    )
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["method"] == "PUT"
+    assert body["path"] == "/some/path"
+    assert body["query"] == "q=a+b"
+    assert body["body_bytes"] == 7
+    assert body["call_id"] == "call-1"
+    assert body["start_time"] == "123"
+    assert body["replica_id"].startswith("noop-")
+    assert float(response.headers["X-Duration-Seconds"]) > 0
+
+
+def test_invoke_accepts_chunked_body_and_stamps_call_headers(http, deploy_noop):
+    deploy_noop()
+
+    def chunks():
+        yield b'{"a": '
+        yield b"1}"
+
+    response = http.post("/function/noop", content=chunks())
+
+    body = response.json()
+    assert response.status_code == 200
+    assert body["body_bytes"] == 8
+    assert len(body["call_id"]) == 36
+    assert int(body["start_time"]) > 1_600_000_000 * 10**9
+
+
+def test_update_changes_env_and_replaces_replicas(http, deploy_noop):
+    deployment = deploy_noop()
+    first = http.post("/function/noop").json()
+    deployment.env_vars["NOOP_MARKER"] = "v2"
+
+    updated = http.put("/system/functions", json=deployment.to_json())
+    second = http.post("/function/noop").json()
+
+    assert updated.status_code == 200
+    assert second["env_marker"] == "v2"
+    assert second["replica_id"] != first["replica_id"]
+
+
+def test_update_of_unknown_function_is_404(http):
+    response = http.put("/system/functions", json=noop_deployment("ghost").to_json())
+
+    assert response.status_code == 404
+    assert "ghost" in response.json()["message"]
+
+
+def test_metrics_use_gateway_names(http, deploy_noop):
+    deploy_noop()
+    http.post("/function/noop")
+
+    text = http.get("/metrics").text
+
+    counter = 'gateway_function_invocation_total{code="200",function_name="noop.openfaas-fn"} 1'
+    assert counter in text
+    assert 'gateway_functions_seconds_count{function_name="noop.openfaas-fn"} 1' in text
+    assert 'gateway_service_count{function_name="noop.openfaas-fn"} 1' in text
+
+
+def test_replica_output_goes_to_function_log(runtime, http, deploy_noop):
+    deploy_noop()
+    http.post("/function/noop", json={"crash": 1})
+
+    log = (runtime.settings.run_dir / "functions" / "noop.log").read_text()
+
+    assert "stdout: noop listening on" in log
+    assert "stderr: noop crashing on purpose" in log
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field", "match"),
+    [
+        (b"{not json", 400, None, "not valid JSON"),
+        ({"image": "x", "envProcess": NOOP_COMMAND}, 400, None, "'service'"),
+        ({"service": "f", "envProcess": NOOP_COMMAND}, 400, None, "'image'"),
+        ({"service": "Bad_Name", "image": "x", "envProcess": NOOP_COMMAND}, 400, "service", ""),
+        ({"service": "f", "image": "x"}, 400, "envProcess", "envProcess"),
+        ({"service": "f", "image": "x", "envProcess": "no-such-binary-xyz"}, 400, None, "PATH"),
+        (
+            {
+                "service": "f",
+                "image": "x",
+                "envProcess": NOOP_COMMAND,
+                "labels": {"com.openfaas.scale.min": "5", "com.openfaas.scale.max": "2"},
+            },
+            400,
+            "labels",
+            "above",
+        ),
+        (
+            {
+                "service": "f",
+                "image": "x",
+                "envProcess": NOOP_COMMAND,
+                "labels": {"com.openfaas.scale.zero-duration": "soon"},
+            },
+            400,
+            "labels",
+            "Go duration",
+        ),
+    ],
+)
+def test_invalid_deployment_is_rejected(http, body, status, field, match):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+
+    response = http.post("/system/functions", content=content)
+
+    assert response.status_code == status
+    assert match in response.json()["message"]
+    if field is not None:
+        assert response.json()["field"] == field
+    assert http.get("/healthz").status_code == 200
+
+
+def test_envprocess_exiting_at_once_fails_deploy_fast(http):
+    deployment = noop_deployment("quitter", args="--exit-at-once 7")
+
+    response = http.post("/system/functions", json=deployment.to_json())
+
+    message = response.json()["message"]
+    assert response.status_code == 400
+    assert "exited with code 7" in message
+    assert "noop refusing to start" in message
+    assert http.get("/system/function/quitter").status_code == 404
+
+
+def test_never_healthy_replica_fails_calls_with_clear_error(make_runtime):
+    runtime = make_runtime(ready_timeout_s=1.0, start_check_s=0.2)
+    with httpx.Client(base_url=runtime.url, timeout=30) as http:
+        deployment = noop_deployment("stuck", args="--never-ready")
+        deployed = http.post("/system/functions", json=deployment.to_json())
+
+        call = http.post("/function/stuck")
+
+        assert deployed.status_code == 202
+        assert call.status_code in (502, 504)
+        assert "did not answer 200 on GET /_/ready within 1 s" in call.json()["message"]
+        status = http.get("/system/function/stuck").json()
+        assert "did not answer 200" in status["lastError"]
+
+
+def test_health_path_annotation_is_used(http, deploy_noop):
+    deploy_noop(
+        "custom",
+        args="--never-ready",
+        annotations={"com.openfaas.health.http.path": "/custom-ready"},
+    )
+
+    response = http.post("/function/custom")
+
+    assert response.status_code == 200
+
+
+def test_duplicate_deploy_is_400_and_keeps_first(http, deploy_noop):
+    deployment = deploy_noop()
+
+    response = http.post("/system/functions", json=deployment.to_json())
+
+    assert response.status_code == 400
+    assert "already exists" in response.json()["message"]
+    assert http.post("/function/noop").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/system/function/ghost", None),
+        ("POST", "/function/ghost", b"x"),
+        ("DELETE", "/system/functions", {"functionName": "ghost"}),
+        ("POST", "/system/scale-function/ghost", {"serviceName": "ghost", "replicas": 1}),
+    ],
+)
+def test_unknown_function_is_404(http, method, path, body):
+    kwargs = {"json": body} if isinstance(body, dict) else {"content": body}
+
+    response = http.request(method, path, **kwargs)
+
+    assert response.status_code == 404
+    assert "ghost" in response.json()["message"]
+
+
+@pytest.mark.parametrize("replicas", [-1, "2", 1.5, None])
+def test_scale_with_bad_count_is_400(http, deploy_noop, replicas):
+    deploy_noop()
+
+    response = http.post(
+        "/system/scale-function/noop", json={"serviceName": "noop", "replicas": replicas}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["field"] == "replicas"
+    assert http.post("/function/noop").status_code == 200
+
+
+def test_remove_without_name_is_400(http):
+    response = http.request("DELETE", "/system/functions", json={})
+
+    assert response.status_code == 400
+    assert response.json()["field"] == "functionName"
+
+
+def test_unknown_namespace_is_rejected(http, deploy_noop):
+    deploy_noop()
+
+    status = http.get("/system/function/noop", params={"namespace": "other"})
+    call = http.post("/function/noop.other")
+
+    assert status.status_code == 400
+    assert call.status_code == 404
