@@ -39,7 +39,7 @@ DEFAULT_TIMEOUT_S = 300.0
 """Default wall-time limit of one ffmpeg run, in seconds."""
 
 STDERR_TAIL_CHARS = 1200
-"""How much of the end of ffmpeg's stderr an error message carries."""
+"""Number of characters from the end of ffmpeg's stderr that an error message includes."""
 
 TRUNCATION_TOLERANCE_S = 0.5
 """Maximum gap, in seconds, between the end of a stream's last packet and its declared end."""
@@ -173,12 +173,15 @@ def probe(path: str | Path, stage: str, input: str, *, check_packets: bool = Tru
     a video stream's packet count is checked.
 
     Raises:
-        MediaError: the file is empty, not media, truncated, or has no audio or video stream.
+        MediaError: the file is missing or empty, is not media, is truncated, or has no
+            audio or video stream.
     """
     import av
 
     path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
+    if not path.is_file():
+        raise MediaError(stage, input, f"no file at {path}; download the input first")
+    if path.stat().st_size == 0:
         raise MediaError(stage, input, "the file is empty; upload the complete video file")
 
     try:
@@ -254,7 +257,11 @@ def _describe(container) -> MediaInfo:
 
 
 def _check_complete(container) -> None:
-    streams = [s for s in container.streams if s.type in ("audio", "video")]
+    streams = [
+        s
+        for s in container.streams
+        if s.type == "audio" or (s.type == "video" and not _is_cover_picture(s))
+    ]
     counts = {s.index: 0 for s in streams}
     ends_s = {s.index: 0.0 for s in streams}
     for packet in container.demux(streams):
