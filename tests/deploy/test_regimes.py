@@ -226,3 +226,98 @@ def test_embedded_runtime_name_is_known():
     from deploy.local.api import PROVIDER_NAME
 
     assert PROVIDER_NAME in EMBEDDED_PROVIDER_NAMES
+
+
+NOOP_SOURCE = """
+import json, os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def reply(self):
+        body = json.dumps({"pid": os.getpid(), "nonce": os.environ.get("VS_DEPLOY_NONCE")})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def do_GET(self):
+        self.reply()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.reply()
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def test_settle_regimes_on_embedded_runtime(make_runtime, tmp_path):
+    """Settle cold, warm, burst-ready and a redeploy on real replica processes."""
+    import shlex
+    import sys
+
+    from deploy.client import GatewayClient
+    from deploy.models import FunctionDeployment
+    from deploy.regimes import settle
+
+    script = tmp_path / "noop.py"
+    script.write_text(NOOP_SOURCE)
+    runtime = make_runtime()
+    client = GatewayClient(runtime.url)
+    calls: list[str] = []
+
+    def warmup(name: str) -> None:
+        response = client.invoke(name, {"request_id": "warmup"})
+        assert response.status_code == 200, response.text
+        calls.append(name)
+
+    def deployment(regime: RegimeConfig) -> FunctionDeployment:
+        return FunctionDeployment(
+            service="noop",
+            image="local/noop:test",
+            env_process=shlex.join([sys.executable, str(script)]),
+            labels=labels_for(regime),
+        )
+
+    warm = load_regime("warm")
+    burst = load_regime("burst_ready")
+    cold_regime = load_regime("cold")
+    try:
+        client.deploy(deployment(warm))
+        warm_report = settle(client, [deployment(warm)], warm, timeout_s=30, warmup=warmup)
+
+        client.update(deployment(burst))
+        burst_report = settle(client, [deployment(burst)], burst, timeout_s=30, warmup=warmup)
+
+        client.update(deployment(cold_regime))
+        cold_report = settle(client, [deployment(cold_regime)], cold_regime, timeout_s=30)
+
+        redeploy = RegimeConfig(**{**vars(cold_regime), "cold_strategy": "redeploy"})
+        redeploy_report = settle(client, [deployment(redeploy)], redeploy, timeout_s=30)
+        answer = client.invoke("noop", {"request_id": "after-redeploy"}, timeout_s=30).json()
+    finally:
+        client.close()
+
+    assert warm_report.kind is RegimeKind.WARM
+    assert warm_report.cold_strategy is ColdStrategy.NONE
+    assert warm_report.replicas == {"noop": 1}
+    assert warm_report.warmup_calls == {"noop": 1}
+    assert burst_report.replicas == {"noop": 3}
+    assert burst_report.warmup_calls == {"noop": 1}
+    assert calls == ["noop", "noop"]
+    assert cold_report.cold_strategy is ColdStrategy.SCALE_TO_ZERO
+    assert cold_report.replicas == {"noop": 0}
+    assert redeploy_report.cold_strategy is ColdStrategy.REDEPLOY
+    assert redeploy_report.deploy_nonce
+    assert answer["nonce"] == redeploy_report.deploy_nonce
+
+
+def test_settle_warm_without_warmup_callable_fails():
+    from deploy.regimes import settle
+
+    with pytest.raises(DeploymentInvalidError, match="pass warmup= or set regime.warmup_calls=0"):
+        settle(None, [], load_regime("warm"), timeout_s=1)  # type: ignore[arg-type]
