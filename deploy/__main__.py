@@ -50,7 +50,7 @@ def _schema_names(config_dir: Path) -> set[str]:
 
 
 def _register_missing_schemas(config_dir: Path) -> None:
-    """Store an empty node for each schema the defaults lists name but nobody registered.
+    """Store an empty node for each schema that the defaults lists name but the store lacks.
 
     The typed schemas live in ``experiments.config``, which the deploy package must not
     import. Composed without them, the config is untyped; :func:`deployments_from_config`

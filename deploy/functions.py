@@ -67,8 +67,9 @@ def deployments_from_config(
     ``cfg`` is the composed config (an OmegaConf DictConfig or a plain dict). ``gateway_url``
     becomes ``VS_GATEWAY_URL``, the address at which the orchestrator calls the stages.
     On ``backend_kind="local"`` the envProcess is ``{python} -m pipeline.serve NAME`` and the
-    S3 secret key goes into envVars; on ``"openfaas"`` the image's own entry runs, and the key
-    comes from the OpenFaaS secret ``s3-secret-key`` through ``VS_S3_SECRET_KEY_FILE``.
+    S3 keys go into envVars. On ``"openfaas"`` the image's own entry runs, and the keys come
+    from the OpenFaaS secrets ``s3-access-key`` and ``s3-secret-key`` through
+    ``VS_S3_ACCESS_KEY_FILE`` and ``VS_S3_SECRET_KEY_FILE``.
     ``functions`` restricts and orders the names; each must be in the config.
 
     Raise :class:`DeploymentInvalidError` naming the function and field for a missing

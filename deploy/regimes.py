@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 class ColdStrategy(enum.Enum):
-    """How the ``cold`` regime makes the next call start a new replica."""
+    """Method by which the ``cold`` regime makes the next call start a new replica."""
 
     AUTO = "auto"
     SCALE_TO_ZERO = "scale_to_zero"
@@ -176,7 +176,7 @@ def _as_regime_config(regime: Any) -> RegimeConfig:
 
 
 def regime_kind(regime: RegimeConfig) -> RegimeKind:
-    """Return the starting state a regime asks for.
+    """Return the starting state that a regime requests.
 
     ``min_replicas`` 0 means cold, a ``prescale_replicas`` above 0 means burst-ready, and
     anything else is warm. The regime's ``name`` is only a label and does not decide.
@@ -218,7 +218,7 @@ def labels_for(regime: Any, *, backend_kind: str = "local") -> dict[str, str]:
 
 @dataclass(frozen=True)
 class PlatformInfo:
-    """What a gateway's ``GET /system/info`` says about the platform behind it.
+    """Platform facts from a gateway's ``GET /system/info`` response.
 
     ``scale_to_zero`` is None when the platform does not state it, so it is inferred from
     the provider name.
@@ -234,7 +234,7 @@ class PlatformInfo:
         """Read the OpenFaaS gateway's info body, or the provider's own, into a PlatformInfo.
 
         The gateway nests the provider as ``{"provider": {"provider": NAME, "orchestration":
-        ..., "version": {"release": ...}}}``; a provider answers the inner object itself.
+        ..., "version": {"release": ...}}}``, and a provider returns the inner object itself.
         An explicit ``scaleToZero`` boolean at either level wins over the name.
         """
         if isinstance(info, PlatformInfo):
@@ -289,8 +289,8 @@ def resolve_cold_strategy(regime: Any, platform_info: Any) -> ColdStrategy:
 
     ``auto`` becomes ``scale_to_zero`` where the platform supports it, else ``redeploy``;
     it becomes ``none`` for regimes that keep replicas (min_replicas above 0). An explicit
-    strategy is kept as given; asking for ``scale_to_zero`` on a platform that cannot do it
-    logs a warning, because the platform will keep one replica.
+    strategy is kept as given. Requesting ``scale_to_zero`` on a platform without it logs a
+    warning, because that platform keeps one replica.
     """
     config = validate_regime(regime)
     platform = PlatformInfo.from_info(platform_info)
@@ -304,7 +304,7 @@ def resolve_cold_strategy(regime: Any, platform_info: Any) -> ColdStrategy:
         return ColdStrategy.REDEPLOY
     if strategy is ColdStrategy.SCALE_TO_ZERO and not platform.supports_scale_to_zero:
         logger.warning(
-            "Regime %s asks for cold_strategy=scale_to_zero but provider %r does not report "
+            "Regime %s requests cold_strategy=scale_to_zero but provider %r does not report "
             "scale to zero; OpenFaaS Community Edition keeps 1 replica, use redeploy there",
             config.name,
             platform.provider,
@@ -333,12 +333,12 @@ class RegimeClient(Protocol):
 
 
 WarmupCall = Callable[[str], None]
-"""Make one valid call to the named function; supplied by the caller, who knows the bodies."""
+"""Callable that makes one valid call to the named function, with a body the caller builds."""
 
 
 @dataclass
 class SettleReport:
-    """What :func:`settle` did: the regime kind, the cold strategy run and the replicas reached.
+    """Record of a :func:`settle` step: the regime kind, the cold strategy and the replicas reached.
 
     ``replicas`` maps each function to its available replicas when settle returned;
     ``deploy_nonce`` is the ``VS_DEPLOY_NONCE`` value set by the ``redeploy`` strategy.
@@ -392,10 +392,10 @@ def settle(
 ) -> SettleReport:
     """Bring deployed functions into the regime's starting state before a load.
 
-    - cold: no replica is up. ``scale_to_zero`` scales every function to 0 and waits;
-      ``redeploy`` updates each function with a new ``VS_DEPLOY_NONCE`` so the platform starts
-      fresh replicas, waits for them and then ``rollout_grace_s`` seconds for the old ones
-      to stop.
+    - cold: no replica is up. ``scale_to_zero`` scales every function to 0 and waits.
+      ``redeploy`` updates each function with a new ``VS_DEPLOY_NONCE`` so that the platform
+      starts fresh replicas. Where the platform keeps a replica, it waits for the new ones
+      and then ``rollout_grace_s`` seconds for the old ones to stop.
     - warm: at least ``max(1, min_replicas)`` ready replicas per function.
     - burst_ready: ``prescale_replicas`` ready replicas per function.
     Warm and burst-ready then make ``warmup_calls`` calls per function through ``warmup``.
@@ -410,7 +410,7 @@ def settle(
     kind = regime_kind(config)
     if kind is not RegimeKind.COLD and config.warmup_calls > 0 and warmup is None:
         raise DeploymentInvalidError(
-            f"Regime {config.name!r} asks for {config.warmup_calls} warm-up call(s) per "
+            f"Regime {config.name!r} requests {config.warmup_calls} warm-up call(s) per "
             "function but settle() got no warmup callable; pass warmup= or set "
             "regime.warmup_calls=0."
         )

@@ -205,7 +205,7 @@ def test_auto_on_warm_regime_forces_nothing():
     assert resolve_cold_strategy(load_regime("warm"), CE_INFO) is ColdStrategy.NONE
 
 
-def test_explicit_scale_to_zero_on_ce_is_kept_with_warning(caplog):
+def test_explicit_scale_to_zero_kept_on_ce(caplog):
     regime = RegimeConfig(
         name="cold", min_replicas=0, scale_to_zero=True, cold_strategy="scale_to_zero"
     )
