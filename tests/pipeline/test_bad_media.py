@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import BadRequestError, InvalidKeyError, MediaError
+from pipeline.errors import ArtifactNotFoundError, BadRequestError, InvalidKeyError, MediaError
 from pipeline.media import probe
 from pipeline.stages.ffmpeg0 import NOTE_NO_AUDIO, NOTE_NO_VIDEO, Ffmpeg0Stage
+from pipeline.stages.ffmpeg1 import Ffmpeg1Config, Ffmpeg1Stage
+from pipeline.stages.ffmpeg2 import Ffmpeg2Stage
+from pipeline.stages.ffmpeg3 import NOTE_NO_VIDEO as FRAMES_NOTE_NO_VIDEO
+from pipeline.stages.ffmpeg3 import Ffmpeg3Stage
+from pipeline.stages.speech_segments import SpeechSegmentsStage
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +123,66 @@ def test_ffmpeg0_rejects_unsafe_key(ffmpeg0, local_store, no_scratch_leftovers, 
 
 
 def test_ffmpeg0_missing_artifact(ffmpeg0, local_store, no_scratch_leftovers):
-    from pipeline.errors import ArtifactNotFoundError
-
     with pytest.raises(ArtifactNotFoundError, match="ffmpeg-0: field 'video' names no stored"):
         ffmpeg0.invoke({"request_id": "gone", "video": "inputs/missing.mp4"}, local_store)
+
+
+def _run_media_chain(store, video_uri):
+    """Run ffmpeg-0, librosa, ffmpeg-1, ffmpeg-2 and ffmpeg-3 in order, as the orchestrator does."""
+    split = Ffmpeg0Stage().invoke({"request_id": "chain", "video": video_uri}, store).output
+    segments = (
+        SpeechSegmentsStage()
+        .invoke({"request_id": "chain", "audio": split["audio"]}, store)
+        .output["segments"]
+    )
+    clips = (
+        Ffmpeg1Stage(Ffmpeg1Config(mode="copy"))
+        .invoke({"request_id": "chain", "video": split["video"], "segments": segments}, store)
+        .output["clips"]
+    )
+    results = []
+    for index, clip in enumerate(clips):
+        small = Ffmpeg2Stage().invoke({"request_id": "chain", "clip": clip, "index": index}, store)
+        frames = Ffmpeg3Stage().invoke(
+            {"request_id": "chain", "video": small.output["small"], "index": index}, store
+        )
+        results.append((small.output, frames.output))
+    return split, segments, results
+
+
+def test_audio_only_input_flows_through_chain(local_store, bad_media, no_scratch_leftovers):
+    uri = _upload(local_store, bad_media("audio_only_m4a"))
+
+    split, segments, results = _run_media_chain(local_store, uri)
+
+    assert split["has_video"] is False
+    assert len(segments) == 3
+    assert len(results) == 3
+    for small, frames in results:
+        assert small["has_video"] is False
+        assert local_store.exists(small["wav"])
+        assert frames["frames"] == []
+        assert frames["note"] == FRAMES_NOTE_NO_VIDEO
+
+
+def test_six_channel_input_flows_through_chain(local_store, bad_media, no_scratch_leftovers):
+    uri = _upload(local_store, bad_media("six_channels"))
+
+    split, segments, results = _run_media_chain(local_store, uri)
+
+    assert split["has_video"] is True
+    assert len(segments) == 3
+    for small, frames in results:
+        assert small["has_video"] is True
+        assert local_store.exists(small["wav"])
+        assert len(frames["frames"]) >= 1
+
+
+def test_video_without_audio_has_no_segments(local_store, bad_media):
+    uri = _upload(local_store, bad_media("no_audio"))
+
+    split, segments, results = _run_media_chain(local_store, uri)
+
+    assert split["audio"] is None
+    assert segments == []
+    assert results == []

@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.errors import BadRequestError
 from pipeline.media import probe
+from pipeline.stages import stage_class
 from pipeline.stages.ffmpeg0 import Ffmpeg0Config, Ffmpeg0Stage
 
 
@@ -60,3 +61,29 @@ def test_missing_video_field_rejected(stage, local_store):
 def test_invalid_config_rejected():
     with pytest.raises(ValueError, match="audio_channels must be positive"):
         Ffmpeg0Config(audio_channels=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [
+        ("ffmpeg-0", "pipeline.stages.ffmpeg0"),
+        ("librosa", "pipeline.stages.speech_segments"),
+        ("ffmpeg-1", "pipeline.stages.ffmpeg1"),
+        ("ffmpeg-2", "pipeline.stages.ffmpeg2"),
+        ("ffmpeg-3", "pipeline.stages.ffmpeg3"),
+    ],
+)
+def test_registry_names_media_stages(name, module):
+    cls = stage_class(name)
+
+    assert cls.name == name
+    assert cls.__module__ == module
+
+
+def test_config_from_stage_env(monkeypatch):
+    monkeypatch.setenv("VS_STAGE_CONFIG", '{"audio_sample_rate_hz": 8000}')
+
+    stage = Ffmpeg0Stage.from_env()
+
+    assert stage.config.audio_sample_rate_hz == 8000
+    assert stage.config.audio_channels == 1
