@@ -20,6 +20,28 @@ WHISPER_MODEL_NAME = "tiny.en"
 NUDENET_MODEL_FILE = "320n.onnx"
 HAAR_FRONTAL_FACE_FILE = "haarcascade_frontalface_default.xml"
 
+NUDENET_CLASS_NAMES: tuple[str, ...] = (
+    "FEMALE_GENITALIA_COVERED",
+    "FACE_FEMALE",
+    "BUTTOCKS_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_BREAST_EXPOSED",
+    "ANUS_EXPOSED",
+    "FEET_EXPOSED",
+    "BELLY_COVERED",
+    "FEET_COVERED",
+    "ARMPITS_COVERED",
+    "ARMPITS_EXPOSED",
+    "FACE_MALE",
+    "BELLY_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "ANUS_COVERED",
+    "FEMALE_BREAST_COVERED",
+    "BUTTOCKS_COVERED",
+)
+"""Class names of nudenet's ``320n.onnx`` in output order, as nudenet 3.4 lists them."""
+
 
 def configured_path(stage: str, field: str, value: str | Path) -> Path:
     """Return the user-configured model path ``value`` if it exists.
@@ -102,7 +124,7 @@ def pocketsphinx_model_files(stage: str, folder: Path) -> dict[str, str]:
 
 
 def nudenet_model_path(stage: str = "object-detector") -> Path:
-    """Return the YOLOv8n ONNX file (320x320 input, 18 classes) bundled in ``nudenet``."""
+    """Return the YOLOv8n ONNX file (trained at 320x320, 18 classes) bundled in ``nudenet``."""
     try:
         import nudenet
     except ImportError as exc:
