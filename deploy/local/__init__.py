@@ -3,7 +3,7 @@
 Start it with ``python -m deploy.local --port PORT`` or ``LocalRuntime(RuntimeSettings(...))``.
 """
 
-from deploy.local.runtime import LocalRuntime, RuntimeServer
+from deploy.local.runtime import LocalRuntime, ReplicaSnapshot, RuntimeServer
 from deploy.local.settings import RuntimeSettings
 
-__all__ = ["LocalRuntime", "RuntimeServer", "RuntimeSettings"]
+__all__ = ["LocalRuntime", "ReplicaSnapshot", "RuntimeServer", "RuntimeSettings"]

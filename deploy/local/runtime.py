@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+from dataclasses import dataclass
 from types import TracebackType
 
 import aiohttp
@@ -29,6 +30,18 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0
 """Longest ``LocalRuntime.start`` waits for the server to listen."""
+
+
+@dataclass(frozen=True)
+class ReplicaSnapshot:
+    """One replica as seen at a moment: ``url`` reaches the process directly."""
+
+    replica_id: str
+    pid: int | None
+    url: str
+    state: str
+    inflight: int
+    generation: int
 
 
 class RuntimeServer:
@@ -147,6 +160,30 @@ class LocalRuntime:
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+
+    def replicas(self, name: str) -> list[ReplicaSnapshot]:
+        """Snapshot of a function's replicas (empty for an unknown function)."""
+        if self._loop is None:
+            raise DeployError("The embedded runtime is not started; call start() first.")
+        future = asyncio.run_coroutine_threadsafe(self._snapshot(name), self._loop)
+        return future.result(timeout=START_TIMEOUT_S)
+
+    async def _snapshot(self, name: str) -> list[ReplicaSnapshot]:
+        scaler = self._server.scaler
+        fn = scaler.functions.get(name) if scaler is not None else None
+        if fn is None:
+            return []
+        return [
+            ReplicaSnapshot(
+                replica_id=r.replica_id,
+                pid=r.pid,
+                url=r.base_url,
+                state=r.state.value,
+                inflight=r.inflight,
+                generation=r.generation,
+            )
+            for r in fn.replicas
+        ]
 
     def stop(self) -> None:
         if self._thread is None or self._loop is None:
