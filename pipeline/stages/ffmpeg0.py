@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import MediaError
-from pipeline.media import DEFAULT_TIMEOUT_S, MediaInfo, download_input, probe, run_ffmpeg
+from pipeline.media import (
+    DEFAULT_TIMEOUT_S,
+    MediaInfo,
+    download_input,
+    ffmpeg_exe,
+    probe,
+    run_ffmpeg,
+)
 from pipeline.stages.base import EngineTimer, Invocation, Stage, require
 
 logger = logging.getLogger(__name__)
@@ -59,8 +66,6 @@ class Ffmpeg0Stage(Stage[Ffmpeg0Config]):
     config_class = Ffmpeg0Config
 
     def load(self) -> None:
-        from pipeline.media import ffmpeg_exe
-
         logger.info("ffmpeg-0 uses %s", ffmpeg_exe(self.name))
 
     def run(self, request: dict[str, Any], invocation: Invocation) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from pipeline.errors import BadRequestError
-from pipeline.media import DEFAULT_TIMEOUT_S, download_input, probe, run_ffmpeg
+from pipeline.media import DEFAULT_TIMEOUT_S, download_input, ffmpeg_exe, probe, run_ffmpeg
 from pipeline.stages.base import EngineTimer, Invocation, Stage, require
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,9 @@ class Segment:
 class Ffmpeg1Stage(Stage[Ffmpeg1Config]):
     name = "ffmpeg-1"
     config_class = Ffmpeg1Config
+
+    def load(self) -> None:
+        logger.info("ffmpeg-1 uses %s", ffmpeg_exe(self.name))
 
     def run(self, request: dict[str, Any], invocation: Invocation) -> dict[str, Any]:
         video_uri = require(request, "video", self.name)

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import BadRequestError
-from pipeline.media import DEFAULT_TIMEOUT_S, MediaInfo, download_input, probe, run_ffmpeg
+from pipeline.media import (
+    DEFAULT_TIMEOUT_S,
+    MediaInfo,
+    download_input,
+    ffmpeg_exe,
+    probe,
+    run_ffmpeg,
+)
 from pipeline.stages.base import EngineTimer, Invocation, Stage, require
 
 logger = logging.getLogger(__name__)
@@ -69,6 +76,9 @@ def require_index(request: dict[str, Any], stage: str) -> int:
 class Ffmpeg2Stage(Stage[Ffmpeg2Config]):
     name = "ffmpeg-2"
     config_class = Ffmpeg2Config
+
+    def load(self) -> None:
+        logger.info("ffmpeg-2 uses %s", ffmpeg_exe(self.name))
 
     def run(self, request: dict[str, Any], invocation: Invocation) -> dict[str, Any]:
         clip_uri = require(request, "clip", self.name)

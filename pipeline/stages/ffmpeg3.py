@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import MediaError
-from pipeline.media import DEFAULT_TIMEOUT_S, download_input, probe, run_ffmpeg
+from pipeline.media import DEFAULT_TIMEOUT_S, download_input, ffmpeg_exe, probe, run_ffmpeg
 from pipeline.stages.base import EngineTimer, Invocation, Stage, require
 from pipeline.stages.ffmpeg2 import require_index
 
@@ -72,6 +72,9 @@ def frame_times_s(duration_s: float, config: Ffmpeg3Config) -> list[float]:
 class Ffmpeg3Stage(Stage[Ffmpeg3Config]):
     name = "ffmpeg-3"
     config_class = Ffmpeg3Config
+
+    def load(self) -> None:
+        logger.info("ffmpeg-3 uses %s", ffmpeg_exe(self.name))
 
     def run(self, request: dict[str, Any], invocation: Invocation) -> dict[str, Any]:
         video_uri = require(request, "video", self.name)
