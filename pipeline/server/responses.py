@@ -30,6 +30,9 @@ class ErrorKind(StrEnum):
     STAGE_FAILED = "stage_failed"
     STORAGE = "storage"
     UPSTREAM = "upstream"
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    BAD_RESPONSE = "bad_response"
     BUSY = "busy"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
@@ -59,8 +62,8 @@ def error_reply(exc: BaseException, stage: str) -> ErrorReply:
 
     A missing artifact is 422, not 404: on an OpenFaaS gateway 404 means "no such function",
     and a client must be able to tell the two apart. An :class:`InvocationError` (the
-    orchestrator's call to another function failed) keeps the failing stage's 4xx status
-    when the input was at fault, else 500.
+    orchestrator's call to another function failed) is 422 when that function blamed its
+    input with 422, else 500.
     """
     if isinstance(exc, BadRequestError):
         return ErrorReply(400, ErrorKind.BAD_REQUEST, stage, "", str(exc))
@@ -77,10 +80,19 @@ def error_reply(exc: BaseException, stage: str) -> ErrorReply:
             return ErrorReply(422, ErrorKind.BAD_INPUT, exc.stage, exc.input, exc.reason)
         return ErrorReply(500, ErrorKind.STAGE_FAILED, exc.stage, exc.input, exc.reason)
     if isinstance(exc, InvocationError):
-        code = exc.status_code
-        status = code if code is not None and 400 <= code < 500 and code != 429 else 500
-        kind = getattr(exc, "kind", None) or ErrorKind.UPSTREAM
-        return ErrorReply(status, ErrorKind(kind), exc.stage, exc.input, exc.reason)
+        # Only a called function's 422 (its input is bad media or missing) blames the request.
+        # Any other failure of a called function is the caller's 500, never a 404 or 429
+        # that a client would read as being about the caller itself.
+        status = 422 if exc.status_code == 422 else 500
+        kind = getattr(exc, "kind", None)
+        known = kind in ErrorKind._value2member_map_
+        return ErrorReply(
+            status,
+            ErrorKind(kind) if known else ErrorKind.UPSTREAM,
+            exc.stage,
+            exc.input,
+            exc.reason,
+        )
     return ErrorReply(
         500,
         ErrorKind.INTERNAL,

@@ -1,0 +1,323 @@
+"""The orchestrator as a real function process, calling scripted stage processes over HTTP.
+
+The scripted stages answer at once with made-up URIs, so these tests check the chain's
+order, fan-out, bounded concurrency, retries on 429, failures and state.json without
+running the engines (``test_chain.py`` runs the real stages).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pipeline.errors import MediaError
+from pipeline.server.gateway import LocalGateway
+from pipeline.server.process import FunctionProcess
+from pipeline.stages import STAGE_NAMES
+from pipeline.stages.base import Invocation, Stage, require
+from pipeline.store import LocalStore
+
+HERE = Path(__file__).resolve().parent
+CLIPS = 3
+FRAMES_PER_CLIP = 2
+STAGE_FUNCTIONS = [name for name in STAGE_NAMES if name != "orchestrator"]
+
+
+@dataclass
+class ScriptedConfig:
+    role: str = ""
+    delay_s: float = 0.0
+
+
+class ScriptedStage(Stage[ScriptedConfig]):
+    """Plays one stage of the chain with made-up outputs derived from its input.
+
+    An input URI containing ``fail-<role>`` makes that role fail with a bad-input error, on
+    its index 1 for the per-clip and per-frame roles.
+    """
+
+    name = "scripted"
+    config_class = ScriptedConfig
+
+    def __init__(self, config: ScriptedConfig | None = None):
+        super().__init__(config)
+        self.name = self.config.role
+
+    def run(self, request: dict[str, Any], invocation: Invocation) -> dict[str, Any]:
+        time.sleep(self.config.delay_s)
+        role = self.config.role
+        if role == "ffmpeg-0":
+            video = require(request, "video", role)
+            self.maybe_fail(video, None)
+            no_audio = "no-audio" in video
+            return {
+                "video": f"{video}/video.mp4",
+                "audio": None if no_audio else f"{video}/audio.wav",
+                "has_audio": not no_audio,
+                "has_video": True,
+            }
+        if role == "librosa":
+            audio = request.get("audio")
+            if audio is None:
+                return {"segments": [], "note": "no audio track, so no speech found"}
+            self.maybe_fail(audio, None)
+            return {"segments": [{"start_s": 2.0 * i, "end_s": 2.0 * i + 1} for i in range(CLIPS)]}
+        if role == "ffmpeg-1":
+            video = require(request, "video", role)
+            segments = require(request, "segments", role, list)
+            return {"clips": [f"{video}/clip_{i}.mp4" for i in range(len(segments))]}
+        if role == "ffmpeg-2":
+            clip = require(request, "clip", role)
+            self.maybe_fail(clip, require(request, "index", role, int))
+            return {"wav": f"{clip}.wav", "small": f"{clip}.small.mp4", "has_video": True}
+        if role == "asr":
+            audio = require(request, "audio", role)
+            index = require(request, "index", role, int)
+            self.maybe_fail(audio, index)
+            return {"text": f" words of clip {index} ", "transcript": f"{audio}.json"}
+        if role == "ffmpeg-3":
+            video = require(request, "video", role)
+            index = require(request, "index", role, int)
+            return {"frames": [f"{video}/frame_{index}_{j}.jpg" for j in range(FRAMES_PER_CLIP)]}
+        if role == "object-detector":
+            frame = require(request, "frame", role)
+            self.maybe_fail(frame, require(request, "frame_index", role, int))
+            return {"detections": [{"label": "thing", "score": 0.9, "box": [1, 2, 3, 4]}]}
+        raise ValueError(f"no script for role {role!r}")
+
+    def maybe_fail(self, input: str, index: int | None) -> None:
+        if f"fail-{self.config.role}" in input and index in (None, 1):
+            raise MediaError(self.config.role, input, "scripted failure")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Scripted stages, two orchestrators (default, and no retries) and a gateway."""
+    tmp_path = tmp_path_factory.mktemp("orchestrator")
+    store_env = {
+        "VS_STORE": "local",
+        "VS_STORE_ROOT": str(tmp_path / "store"),
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+    processes: dict[str, FunctionProcess] = {}
+    gateway = LocalGateway({})
+    gateway.start()
+    try:
+        for role in STAGE_FUNCTIONS:
+            config = {"role": role, "delay_s": 0.3 if role == "ffmpeg-2" else 0.05}
+            env = {**store_env, "VS_STAGE_CONFIG": json.dumps(config)}
+            if role == "ffmpeg-2":
+                env["max_inflight"] = "1"
+            processes[role] = FunctionProcess.start(
+                "test_orchestrator:ScriptedStage", tmp_path / "logs", env, name=role
+            )
+        orchestrators = {
+            "orchestrator": {"max_parallel": 2},
+            "orchestrator-no-retry": {"max_parallel": 4, "retries_on_429": 0},
+        }
+        for name, config in orchestrators.items():
+            env = {**store_env, "VS_STAGE_CONFIG": json.dumps(config)}
+            env["VS_GATEWAY_URL"] = gateway.url
+            processes[name] = FunctionProcess.start(
+                "orchestrator", tmp_path / "logs", env, name=name
+            )
+        for name, process in processes.items():
+            process.wait_listening()
+            process.wait_ready()
+            gateway.routes[name] = process.url
+        yield {"gateway": gateway, "store": LocalStore(tmp_path / "store")}
+    finally:
+        gateway.stop()
+        for process in processes.values():
+            process.stop()
+
+
+def run_chain(cluster, video: str, function: str = "orchestrator", **body) -> httpx.Response:
+    uri = cluster["store"].put_bytes(f"inputs/{video}", b"not read by the scripted stages")
+    return httpx.post(
+        f"{cluster['gateway'].url}/function/{function}",
+        json={"video": uri, **body},
+        timeout=120.0,
+    )
+
+
+def read_state(cluster, request_id: str) -> dict[str, Any]:
+    return json.loads(cluster["store"].get_bytes(f"requests/{request_id}/state.json"))
+
+
+def test_chain_collects_transcripts_and_detections(cluster):
+    response = run_chain(cluster, "ok.mp4", request_id="chain-ok")
+
+    summary = response.json()["output"]
+    assert response.status_code == 200
+    assert summary["status"] == "ok"
+    assert summary["error"] is None
+    assert [t["clip"] for t in summary["transcripts"]] == [0, 1, 2]
+    assert summary["transcripts"][1]["text"] == "words of clip 1"
+    assert summary["transcripts"][1]["start_s"] == 2.0
+    assert summary["transcripts"][1]["end_s"] == 3.0
+    assert len(summary["detections"]) == CLIPS * FRAMES_PER_CLIP
+    assert summary["detections"][0] == {
+        "clip": 0,
+        "frame": 0,
+        "label": "thing",
+        "score": 0.9,
+        "box": [1, 2, 3, 4],
+    }
+
+
+def test_every_call_has_telemetry(cluster):
+    summary = run_chain(cluster, "ok.mp4", request_id="chain-calls").json()["output"]
+
+    stages = [t["stage"] for t in summary["invocations"]]
+    expected_calls = 3 + CLIPS * 3 + CLIPS * FRAMES_PER_CLIP
+    assert len(stages) == expected_calls
+    assert stages[:3] == ["ffmpeg-0", "librosa", "ffmpeg-1"]
+    assert stages.count("object-detector") == CLIPS * FRAMES_PER_CLIP
+    assert all(t["request_id"] == "chain-calls" for t in summary["invocations"])
+    assert all(t["extra"]["call_ms"] >= t["duration_ms"] for t in summary["invocations"])
+
+
+def test_calls_stay_within_max_parallel(cluster):
+    summary = run_chain(cluster, "ok.mp4", request_id="chain-bounded").json()["output"]
+
+    edges = []
+    for telemetry in summary["invocations"]:
+        start = telemetry["started_at"]
+        edges.append((start, 1))
+        edges.append((start + telemetry["duration_ms"] / 1000.0, -1))
+    running = peak = 0
+    for _, change in sorted(edges, key=lambda edge: (edge[0], edge[1])):
+        running += change
+        peak = max(peak, running)
+    assert peak <= 2
+    assert peak == 2
+
+
+def test_busy_replica_is_retried(cluster):
+    summary = run_chain(cluster, "ok.mp4", request_id="chain-retry").json()["output"]
+
+    attempts = [t["extra"]["attempts"] for t in summary["invocations"] if t["stage"] == "ffmpeg-2"]
+    assert summary["status"] == "ok"
+    assert max(attempts) > 1
+
+
+def test_busy_replica_fails_without_retries(cluster):
+    response = run_chain(
+        cluster, "ok.mp4", function="orchestrator-no-retry", request_id="chain-busy"
+    )
+
+    body = response.json()
+    assert response.status_code == 500
+    assert body["error"]["kind"] == "busy"
+    assert body["error"]["stage"] == "ffmpeg-2"
+    assert body["output"]["status"] == "error"
+
+
+def test_failed_stage_fails_request_keeping_results(cluster):
+    response = run_chain(cluster, "fail-asr.mp4", request_id="chain-fail")
+
+    body = response.json()
+    summary = body["output"]
+    assert response.status_code == 422
+    assert body["ok"] is False
+    assert body["error"]["kind"] == "bad_input"
+    assert body["error"]["stage"] == "asr"
+    assert body["error"]["input"].endswith("clip_1.mp4.wav")
+    assert "scripted failure" in body["error"]["message"]
+    assert summary["status"] == "error"
+    assert summary["error"]["stage"] == "asr"
+    assert summary["error"]["message"] == "scripted failure"
+    failed = [t for t in summary["invocations"] if t["status"] != "ok"]
+    assert [t["stage"] for t in failed] == ["asr"]
+    assert [t["stage"] for t in summary["invocations"][:3]] == ["ffmpeg-0", "librosa", "ffmpeg-1"]
+
+
+def test_state_json_records_each_step(cluster):
+    run_chain(cluster, "fail-object-detector.mp4", request_id="chain-state")
+
+    state = read_state(cluster, "chain-state")
+    steps = state["steps"]
+    assert state["status"] == "error"
+    assert state["error"]["stage"] == "object-detector"
+    assert steps["ffmpeg-0"]["status"] == "ok"
+    assert steps["librosa"]["status"] == "ok"
+    assert steps["ffmpeg-1"]["output"]["clips"][0].endswith("clip_0.mp4")
+    assert steps["object-detector/clip-0/frame-1"]["status"] == "error"
+    assert steps["object-detector/clip-0/frame-1"]["error"]["kind"] == "bad_input"
+    assert "running" not in {step["status"] for step in steps.values()}
+
+
+def test_state_json_of_successful_request(cluster):
+    run_chain(cluster, "ok.mp4", request_id="chain-state-ok")
+
+    state = read_state(cluster, "chain-state-ok")
+    assert state["status"] == "ok"
+    assert state["error"] is None
+    assert len(state["steps"]) == 3 + CLIPS * 3 + CLIPS * FRAMES_PER_CLIP
+    assert {step["status"] for step in state["steps"].values()} == {"ok"}
+
+
+def test_no_audio_gives_empty_summary_with_note(cluster):
+    response = run_chain(cluster, "no-audio.mp4", request_id="chain-silent")
+
+    summary = response.json()["output"]
+    assert response.status_code == 200
+    assert summary["status"] == "ok"
+    assert summary["transcripts"] == []
+    assert summary["detections"] == []
+    assert summary["notes"] == ["no audio track, so no speech found"]
+    assert [t["stage"] for t in summary["invocations"]] == ["ffmpeg-0", "librosa"]
+
+
+def test_missing_request_id_gets_new_one(cluster):
+    response = run_chain(cluster, "ok.mp4")
+
+    request_id = response.json()["output"]["request_id"]
+    assert response.status_code == 200
+    assert len(request_id) == 32
+    assert int(request_id, 16) >= 0
+
+
+@pytest.mark.parametrize("request_id", ["../escape", "a/b", "", "x" * 65, 42])
+def test_invalid_request_id_is_rejected(cluster, request_id):
+    response = run_chain(cluster, "ok.mp4", request_id=request_id)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["kind"] == "bad_request"
+    assert "request_id" in response.json()["error"]["message"]
+
+
+def test_video_outside_store_is_rejected(cluster):
+    response = httpx.post(
+        f"{cluster['gateway'].url}/function/orchestrator",
+        json={"request_id": "outside", "video": "inputs/../../etc/passwd"},
+        timeout=30.0,
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["kind"] == "invalid_key"
+    assert "'..'" in response.json()["error"]["message"]
+
+
+def test_unknown_function_fails_request(cluster):
+    gateway = cluster["gateway"]
+    detector_url = gateway.routes.pop("object-detector")
+    try:
+        response = run_chain(cluster, "ok.mp4", request_id="chain-unrouted")
+    finally:
+        gateway.routes["object-detector"] = detector_url
+
+    body = response.json()
+    assert response.status_code == 500
+    assert body["error"]["stage"] == "object-detector"
+    assert "HTTP 404" in body["error"]["message"]
+    assert "No function named 'object-detector'" in body["error"]["message"]
+    assert body["output"]["status"] == "error"
