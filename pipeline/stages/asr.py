@@ -83,7 +83,7 @@ class AsrStage(Stage[AsrConfig]):
             )
             transcript = Transcript(text="")
         else:
-            with EngineTimer(invocation.telemetry):
+            with self.engine.lock, EngineTimer(invocation.telemetry):
                 transcript = self.engine.transcribe(audio, audio_uri)
 
         document = {
@@ -118,7 +118,8 @@ def read_audio(path: Path, stage: str, source: str) -> np.ndarray:
         raise MediaError(
             stage,
             source,
-            f"the file is not readable audio ({exc}); send a 16 kHz mono wav",
+            f"the file is not readable audio ({getattr(exc, 'error_string', exc)}); "
+            "send a 16 kHz mono wav",
         ) from exc
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     if rate != SAMPLE_RATE_HZ and len(mono):

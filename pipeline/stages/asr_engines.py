@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,13 +64,18 @@ class Transcript:
 
 
 class SpeechEngine:
-    """Base class of the engines. ``stage`` is the stage name put in the errors they raise."""
+    """Base class of the engines. ``stage`` is the stage name put in the errors they raise.
+
+    ``lock`` is held around :meth:`transcribe` by the stage, which serves concurrent
+    invocations from threads: engines whose decoder is not thread-safe set a real lock.
+    """
 
     name: str = ""
 
     def __init__(self, config: AsrConfig, stage: str):
         self.config = config
         self.stage = stage
+        self.lock: AbstractContextManager[Any] = nullcontext()
 
     def load(self) -> None:
         raise NotImplementedError
@@ -141,6 +148,8 @@ class PocketsphinxEngine(SpeechEngine):
     name = "pocketsphinx"
 
     def load(self) -> None:
+        # One decoder keeps the state of one utterance, so calls take turns.
+        self.lock = threading.Lock()
         if self.config.model_path:
             folder = models.configured_path(self.stage, "model_path", self.config.model_path)
         else:
@@ -200,6 +209,8 @@ class DeepSpeechEngine(SpeechEngine):
     name = "deepspeech"
 
     def load(self) -> None:
+        # NOTE: DeepSpeech's docs do not say whether one Model may decode from two threads.
+        self.lock = threading.Lock()
         problems = deepspeech_problems(self.config, sys.version_info[:2])
         if problems:
             raise EngineUnavailableError(self.stage, "deepspeech", " ".join(problems))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,8 @@ class OnnxYoloDetector:
     def __init__(self, config: DetectorConfig, stage: str):
         self.config = config
         self.stage = stage
+        # onnxruntime guarantees that several threads may call InferenceSession.run at once.
+        self.lock: AbstractContextManager[Any] = nullcontext()
 
     def load(self) -> None:
         bundled = not self.config.model_path
@@ -260,6 +264,8 @@ class HaarFaceDetector:
     def __init__(self, config: DetectorConfig, stage: str):
         self.config = config
         self.stage = stage
+        # OpenCV does not promise that one CascadeClassifier may run in two threads at once.
+        self.lock: AbstractContextManager[Any] = threading.Lock()
 
     def load(self) -> None:
         import cv2
@@ -333,7 +339,9 @@ class DetectorStage(Stage[DetectorConfig]):
         invocation.store.get_file(frame_uri, local)
 
         image = read_image(local, self.name, frame_uri)
-        with EngineTimer(invocation.telemetry):
+        # The stage serves concurrent invocations from threads; waiting for the lock is not
+        # counted as compute time.
+        with self.detector.lock, EngineTimer(invocation.telemetry):
             detections = self.detector.detect(image, frame_uri)
 
         found = [detection.to_dict() for detection in detections]

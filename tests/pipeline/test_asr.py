@@ -233,3 +233,17 @@ def test_deepspeech_problems_on_python_39_name_files(tmp_path):
     assert len(problems) == 2
     assert problems[0].startswith("Set deepspeech_model to the DeepSpeech 0.9.3 .pbmm file")
     assert problems[1] == f"The deepspeech_scorer file {missing} does not exist; fix the path."
+
+
+def test_pocketsphinx_serves_concurrent_calls(pocketsphinx, store, media):
+    from concurrent.futures import ThreadPoolExecutor
+
+    uri = upload(store, media, "fox")
+    requests = [{"request_id": f"r-thread-{i}", "audio": uri, "index": i} for i in range(2)]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda request: pocketsphinx.invoke(request, store), requests))
+
+    texts = [result.output["text"] for result in results]
+    assert texts[0] == texts[1]
+    assert words_of(texts[0]) & {"lazy", "dog"}
