@@ -96,7 +96,7 @@ def machine_description() -> str:
 
 
 def replica_url(pid: int) -> str:
-    """The URL of the replica process ``pid``, from the port it listens on."""
+    """Find the URL of the replica process ``pid`` from the port it listens on."""
     for connection in psutil.Process(pid).net_connections(kind="tcp"):
         if connection.status == psutil.CONN_LISTEN:
             return f"http://127.0.0.1:{connection.laddr.port}/"

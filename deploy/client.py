@@ -40,7 +40,7 @@ Progress = Callable[[FunctionStatus], None]
 
 
 def _server_message(response: httpx.Response) -> str:
-    """The error text the server sent: the ``message`` of a JSON body, else the raw text."""
+    """Extract the server's error text: the ``message`` of a JSON body, else the raw text."""
     text = response.text.strip()
     try:
         body = json.loads(text)
@@ -174,7 +174,7 @@ class GatewayClient:
     # Gateway API
 
     def healthz(self) -> bool:
-        """Return True when ``GET /healthz`` answers 2xx; raise a GatewayError otherwise."""
+        """Return True when ``GET /healthz`` returns 2xx; raise a GatewayError otherwise."""
         self._request("GET", "/healthz", action="Health check")
         return True
 

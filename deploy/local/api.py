@@ -29,7 +29,7 @@ CREDENTIALS_KEY = web.AppKey("credentials", Credentials)
 
 
 def error_response(status: int, message: str, field: str | None = None) -> web.Response:
-    """A JSON error body: ``{"message": ..., "field": ...}`` with the given status."""
+    """Build a JSON error body ``{"message": ..., "field": ...}`` with the given status."""
     body: dict[str, Any] = {"message": message}
     if field is not None:
         body["field"] = field

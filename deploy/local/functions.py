@@ -86,7 +86,7 @@ class FunctionState:
         return limit == 0 or replica.inflight < limit
 
     def pick_replica(self) -> Replica | None:
-        """The ready replica with the fewest in-flight calls that is below its limit."""
+        """Return the ready replica with the fewest in-flight calls that is below its limit."""
         candidates = [r for r in self.serving() if self.has_free_slot(r)]
         if not candidates:
             return None

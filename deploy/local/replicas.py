@@ -141,6 +141,7 @@ class Replica:
         env["PORT"] = str(self.port)
         env["HOSTNAME"] = self.replica_id
         parent_pid = os.getpid()
+
         try:
             self._process = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -168,6 +169,7 @@ class Replica:
             self.port,
             self.argv,
         )
+
         assert self._process.stdout is not None and self._process.stderr is not None
         self._pumps = [
             asyncio.create_task(self._pump(self._process.stdout, "stdout")),
@@ -215,7 +217,7 @@ class Replica:
     async def wait_ready(
         self, session: aiohttp.ClientSession, timeout_s: float, poll_interval_s: float
     ) -> None:
-        """Poll the health path until it answers 200; raise ReplicaStartError otherwise."""
+        """Poll the health path until it returns 200; raise ReplicaStartError otherwise."""
         deadline = time.monotonic() + timeout_s
         url = self.base_url + self.health_path
         probe_timeout = aiohttp.ClientTimeout(total=max(poll_interval_s * 20, 1.0))
@@ -240,7 +242,7 @@ class Replica:
                         return
             if time.monotonic() >= deadline:
                 raise self.start_error(
-                    f"did not answer 200 on GET {self.health_path} within {timeout_s:g} s"
+                    f"did not return 200 on GET {self.health_path} within {timeout_s:g} s"
                 )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.exited.wait(), timeout=poll_interval_s)

@@ -457,8 +457,3 @@ class Scaler:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def kill_all_now(self) -> None:
-        for fn in self.functions.values():
-            for replica in fn.replicas:
-                replica.kill_now()

@@ -30,7 +30,7 @@ class RuntimeSettings:
     """How the embedded runtime listens, starts replicas and scales them.
 
     Durations are in seconds. ``port=0`` picks a free port (read it back from
-    ``LocalRuntime.url``). Basic auth on ``/system/*`` is off unless ``auth_enabled``; when it
+    ``LocalRuntime.url``). Basic auth on ``/system/*`` is off unless ``auth_enabled``. When it
     is on, credentials come from ``username``/``password`` if given, else from the files
     ``basic-auth-user`` and ``basic-auth-password`` in ``secrets_dir``, else from the
     environment variables ``OPENFAAS_USERNAME`` and ``OPENFAAS_PASSWORD``.
@@ -40,7 +40,7 @@ class RuntimeSettings:
     port: int = 0
     run_dir: Path = DEFAULT_RUN_DIR
     ready_timeout_s: float = READY_TIMEOUT_S
-    """How long a new replica may take to answer 200 on its health path."""
+    """How long a new replica may take to return 200 on its health path."""
     scale_from_zero_timeout_s: float = SCALE_FROM_ZERO_TIMEOUT_S
     """How long a call waits for a ready replica before it gets 504."""
     start_check_s: float = START_CHECK_S
@@ -48,7 +48,7 @@ class RuntimeSettings:
     stop_grace_s: float = STOP_GRACE_S
     """Time between SIGTERM and SIGKILL when a replica is stopped."""
     upstream_timeout_s: float = UPSTREAM_TIMEOUT_S
-    """Longest a replica may take to answer one call (then 504)."""
+    """Longest a replica may take to respond to one call; past it the call gets 504."""
     health_poll_interval_s: float = HEALTH_POLL_INTERVAL_S
     scaler_interval_s: float = SCALER_INTERVAL_S
     scale_down_idle_s: float = SCALE_DOWN_IDLE_S

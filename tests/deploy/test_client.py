@@ -136,7 +136,7 @@ def test_wait_ready_times_out_with_runtime_error(make_runtime):
     with GatewayClient(runtime.url) as client:
         client.deploy(noop_deployment(args="--never-ready"))
 
-        with pytest.raises(ReadinessTimeoutError, match="did not answer 200 on GET /_/ready"):
+        with pytest.raises(ReadinessTimeoutError, match="did not return 200 on GET /_/ready"):
             client.wait_ready("noop", timeout_s=1.5)
 
 

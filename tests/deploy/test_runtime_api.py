@@ -188,9 +188,9 @@ def test_never_healthy_replica_fails_calls_with_clear_error(make_runtime):
 
         assert deployed.status_code == 202
         assert call.status_code in (502, 504)
-        assert "did not answer 200 on GET /_/ready within 1 s" in call.json()["message"]
+        assert "did not return 200 on GET /_/ready within 1 s" in call.json()["message"]
         status = http.get("/system/function/stuck").json()
-        assert "did not answer 200" in status["lastError"]
+        assert "did not return 200" in status["lastError"]
 
 
 def test_health_path_annotation_is_used(http, deploy_noop):
