@@ -50,9 +50,10 @@ register_configs()
 def _hydra_job(cfg: DictConfig) -> None:
     from experiments.runner import run_job
 
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_config = HydraConfig.get()
+    output_dir = Path(hydra_config.runtime.output_dir)
     try:
-        status = run_job(cfg, output_dir)
+        status = run_job(cfg, output_dir, list(hydra_config.overrides.task))
     except ExperimentError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             logger.exception("The job failed")
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(report_main(rest) or 0)
     if command == "ui":
-        from experiments.report import ui_main
+        from experiments.ui import ui_main
 
         return int(ui_main(rest) or 0)
     print(

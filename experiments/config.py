@@ -130,6 +130,8 @@ class OpenFaasBackendConfig(BackendConfig):
     password: str = "${oc.env:OPENFAAS_PASSWORD,''}"
     password_file: str = ""
     timeout_s: float = 30.0
+    function_gateway_url: str = ""
+    """The gateway URL as the functions see it from inside the cluster; empty means ``url``."""
 
 
 @dataclass
@@ -232,7 +234,8 @@ def check_config(cfg: DictConfig) -> Config:
     try:
         config = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"Invalid config: {exc}. Fix the value on the command line.") from exc
+        key = getattr(exc, "full_key", None) or "the config"
+        raise ConfigError(f"Invalid value for {key}: {getattr(exc, 'msg', exc)}") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"Invalid config: {exc}") from exc
     assert isinstance(config, Config)
@@ -388,7 +391,8 @@ def check_stage_config(name: str, values: dict[str, Any]) -> None:
         if callable(validate):
             validate()
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"Invalid value in {where}: {exc}").with_traceback(None) from exc
+        key = f"{where}.{exc.full_key}" if getattr(exc, "full_key", None) else where
+        raise ConfigError(f"Invalid value for {key}: {getattr(exc, 'msg', exc)}") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"Invalid value in {where}: {exc}") from exc
 

@@ -1,0 +1,516 @@
+"""The run protocol of one job: check, start the backend, deploy, settle, load, record.
+
+Steps, each logged at INFO:
+
+1. check the config and the dataset (nothing on the platform is touched before this);
+2. start the embedded runtime, or reach the OpenFaaS gateway and check the credentials;
+3. upload the dataset to the store under ``inputs/``;
+4. per repetition (``repeat``): deploy the functions with the regime's labels, settle the
+   regime, run the Locust load while sampling the replica counts every second, tear the
+   functions down (unless ``keep_deployed``), compute the metrics and record them in one
+   MLflow run, then print a summary table;
+5. stop the embedded runtime.
+
+A repetition that fails or is interrupted is recorded with what it measured so far, as
+FAILED or KILLED, and its functions are torn down. A load in which every request failed is
+FAILED, with the error kinds in its tables and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from deploy.client import GatewayClient
+from deploy.errors import DeployError, FunctionNotFoundError, GatewayError
+from deploy.functions import deployments_from_config
+from deploy.models import FunctionDeployment
+from deploy.regimes import settle
+from experiments import tracking
+from experiments.backend import Backend, open_backend
+from experiments.config import (
+    BurstWorkloadConfig,
+    Config,
+    SteadyWorkloadConfig,
+    check_config,
+    masked_container,
+    secret_values,
+)
+from experiments.dataset import open_store, resolve_dataset, upload_dataset
+from experiments.errors import BackendError, ExperimentError, LoadError, TrackingError
+from experiments.load.driver import LocustProcesses
+from experiments.load.records import (
+    INVOCATION_COLUMNS,
+    REQUEST_COLUMNS,
+    TIMELINE_COLUMNS,
+    classify,
+    invocation_rows,
+)
+from experiments.load.schedule import LoadSpec
+from experiments.metrics import compute_metrics
+from experiments.monitor import Progress, ReplicaSampler
+from pipeline.errors import PipelineError
+
+logger = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id.txt"
+POLL_INTERVAL_S = 0.5
+WARMUP_REQUEST_PREFIX = "warmup-"
+SUMMARY_METRICS = (
+    ("requests", "requests_total", "{:.0f}"),
+    ("ok", "requests_ok", "{:.0f}"),
+    ("failed", "requests_failed", "{:.0f}"),
+    ("p50 latency (ms)", "latency_p50_ms", "{:.0f}"),
+    ("p95 latency (ms)", "latency_p95_ms", "{:.0f}"),
+    ("p99 latency (ms)", "latency_p99_ms", "{:.0f}"),
+    ("throughput (req/s)", "throughput_rps", "{:.3f}"),
+    ("cold starts", "cold_starts_total", "{:.0f}"),
+    ("busy GB-s", "busy_gb_s", "{:.2f}"),
+    ("idle GB-s", "idle_gb_s", "{:.2f}"),
+    ("total cost (USD)", "cost_total_usd", "{:.6f}"),
+)
+
+
+class JobStatus:
+    FINISHED = tracking.JobStatus.FINISHED.value
+    FAILED = tracking.JobStatus.FAILED.value
+    KILLED = tracking.JobStatus.KILLED.value
+
+
+@dataclass
+class Measurements:
+    """What one repetition measured, possibly partial."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    replicas: list[dict[str, Any]] = field(default_factory=list)
+    load_started: float | None = None
+    load_ended: float | None = None
+    settle: dict[str, Any] | None = None
+
+    def requests_table(self) -> pd.DataFrame:
+        frame = pd.DataFrame([{c: row.get(c) for c in REQUEST_COLUMNS} for row in self.rows])
+        return frame if len(frame) else pd.DataFrame(columns=list(REQUEST_COLUMNS))
+
+    def invocations_table(self) -> pd.DataFrame:
+        entries = [entry for row in self.rows for entry in invocation_rows(row)]
+        frame = pd.DataFrame(entries)
+        return frame if len(frame) else pd.DataFrame(columns=list(INVOCATION_COLUMNS))
+
+    def replicas_table(self) -> pd.DataFrame:
+        frame = pd.DataFrame(self.replicas)
+        return frame if len(frame) else pd.DataFrame(columns=list(TIMELINE_COLUMNS))
+
+    def load_duration_s(self) -> float:
+        """Return the load's length: from the first request's start to the last one's end."""
+        if self.rows:
+            starts = [float(row["start_s"]) for row in self.rows]
+            ends = [float(row["start_s"]) + float(row["latency_ms"]) / 1000.0 for row in self.rows]
+            span = max(ends) - min(starts)
+            if span > 0:
+                return span
+        if self.load_started is not None:
+            return max((self.load_ended or time.time()) - self.load_started, 1e-3)
+        return 0.0
+
+
+def run_job(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = ()) -> str:
+    """Run one job and return its status: FINISHED, FAILED or KILLED.
+
+    Raises :class:`ExperimentError` for problems found before any MLflow run starts (an
+    invalid config or dataset, an unreachable tracking store).
+    """
+    logger.info("Checking the config and the dataset")
+    config = check_config(cfg)
+    items = resolve_dataset(config.dataset, config.storage)
+    _mask_saved_config(output_dir, secret_values(config))
+    _configure_tracking(config)
+    _add_secret_filter()
+
+    backend: Backend | None = None
+    videos: list[str] = []
+    statuses: list[str] = []
+    try:
+        for index in range(config.repeat):
+            run = _start_run(config, output_dir, overrides, index)
+            measurements = Measurements()
+            try:
+                if backend is None:
+                    logger.info("Starting the %s backend", config.backend.kind)
+                    backend = open_backend(config.backend, output_dir)
+                    logger.info("Uploading %d dataset file(s)", len(items))
+                    videos = upload_dataset(open_store(config.storage), items)
+                rep_dir = output_dir if config.repeat == 1 else output_dir / f"repeat-{index}"
+                _run_repetition(cfg, config, backend, videos, index, rep_dir, measurements)
+            except KeyboardInterrupt as exc:
+                logger.warning("Interrupted; recording what was measured so far")
+                _record(run, config, measurements, JobStatus.KILLED, exc)
+                statuses.append(JobStatus.KILLED)
+                break
+            except (ExperimentError, DeployError, PipelineError) as exc:
+                logger.error("Repetition %d failed: %s", index, exc)
+                _record(run, config, measurements, JobStatus.FAILED, _converted(exc))
+                statuses.append(JobStatus.FAILED)
+                break
+            status, error = _judge(measurements)
+            _record(run, config, measurements, status, error)
+            statuses.append(status)
+    finally:
+        if backend is not None:
+            backend.close()
+
+    for status in (JobStatus.KILLED, JobStatus.FAILED):
+        if status in statuses:
+            return status
+    return JobStatus.FINISHED
+
+
+def _converted(exc: Exception) -> Exception:
+    if isinstance(exc, ExperimentError):
+        return exc
+    error = BackendError(str(exc))
+    error.__cause__ = exc
+    return error
+
+
+def _judge(measurements: Measurements) -> tuple[str, Exception | None]:
+    rows = measurements.rows
+    if not rows:
+        return JobStatus.FAILED, LoadError("The load sent no request; check locust.log.")
+    if any(row.get("ok") for row in rows):
+        return JobStatus.FINISHED, None
+    kinds = Counter(str(row.get("error_kind") or "unknown") for row in rows)
+    listed = ", ".join(f"{kind} x{count}" for kind, count in kinds.most_common())
+    first = next((row.get("error_message") for row in rows if row.get("error_message")), "")
+    message = f"All {len(rows)} requests failed ({listed}). First error: {first}"
+    logger.error("%s", message)
+    return JobStatus.FAILED, LoadError(message)
+
+
+def _run_repetition(
+    cfg: DictConfig,
+    config: Config,
+    backend: Backend,
+    videos: list[str],
+    index: int,
+    rep_dir: Path,
+    measurements: Measurements,
+) -> None:
+    deployments = _deployments(cfg, backend)
+    try:
+        _deploy(backend.client, deployments)
+        logger.info("Settling regime %s", config.regime.name)
+        warmup = PipelineWarmup(backend.client, videos[0], config.workload.request_timeout_s)
+        try:
+            report = settle(
+                backend.client,
+                deployments,
+                config.regime,
+                timeout_s=config.settle_timeout_s,
+                warmup=warmup,
+            )
+        except DeployError as exc:
+            raise BackendError(f"Settling regime {config.regime.name!r} failed: {exc}") from exc
+        measurements.settle = report.to_json()
+        ordered = list(videos)
+        random.Random(config.seed + index).shuffle(ordered)
+        spec = _load_spec(config, ordered, rep_dir)
+        _drive_load(config, backend, spec, deployments, rep_dir, measurements)
+    finally:
+        _teardown(backend, deployments, config.keep_deployed)
+
+
+def _deployments(cfg: DictConfig, backend: Backend) -> list[FunctionDeployment]:
+    try:
+        return deployments_from_config(
+            cfg,
+            gateway_url=backend.function_gateway_url,
+            python=sys.executable,
+            backend_kind=backend.kind,
+        )
+    except DeployError as exc:
+        raise BackendError(f"Cannot build the deployments from the config: {exc}") from exc
+
+
+def _deploy(client: GatewayClient, deployments: Sequence[FunctionDeployment]) -> None:
+    logger.info("Deploying %d functions", len(deployments))
+    for deployment in deployments:
+        try:
+            client.deploy(deployment)
+        except DeployError as exc:
+            raise BackendError(f"Deploying function {deployment.service!r} failed: {exc}") from exc
+
+
+def _teardown(backend: Backend, deployments: Sequence[FunctionDeployment], keep: bool) -> None:
+    if keep:
+        if backend.runtime is not None:
+            logger.warning(
+                "keep_deployed=true: the functions stay until the embedded runtime stops at "
+                "the end of this job"
+            )
+        else:
+            logger.info("keep_deployed=true: leaving %d functions deployed", len(deployments))
+        return
+    logger.info("Tearing down %d functions", len(deployments))
+    for deployment in deployments:
+        try:
+            backend.client.remove(deployment.service)
+        except FunctionNotFoundError:
+            continue
+        except GatewayError as exc:
+            logger.error("Removing function %s failed: %s", deployment.service, exc)
+
+
+def _load_spec(config: Config, videos: list[str], rep_dir: Path) -> LoadSpec:
+    workload = config.workload
+    common = dict(
+        kind=workload.kind,
+        videos=tuple(videos),
+        requests_dir=str((rep_dir / "load").resolve()),
+        request_timeout_s=workload.request_timeout_s,
+        phase=workload.kind,
+        workers=config.load.workers,
+        max_users=config.load.max_users,
+    )
+    if isinstance(workload, SteadyWorkloadConfig):
+        return LoadSpec(**common, rate_per_s=workload.rate_per_s, duration_s=workload.duration_s)
+    assert isinstance(workload, BurstWorkloadConfig)
+    return LoadSpec(
+        **common,
+        idle_before_s=workload.idle_before_s,
+        burst_size=workload.burst_size,
+        idle_after_s=workload.idle_after_s,
+    )
+
+
+def _drive_load(
+    config: Config,
+    backend: Backend,
+    spec: LoadSpec,
+    deployments: Sequence[FunctionDeployment],
+    rep_dir: Path,
+    measurements: Measurements,
+) -> None:
+    names = [deployment.service for deployment in deployments]
+    sampler = ReplicaSampler(backend.new_client, names, config.load.sample_interval_s)
+    locust = LocustProcesses(
+        spec,
+        host=backend.url,
+        log_dir=rep_dir,
+        log_level=config.load.locust_log_level,
+    )
+    progress = Progress(spec.request_count)
+    logger.info(
+        "Running the %s load: %d request(s), %d Locust user(s), %d worker(s)",
+        spec.kind,
+        spec.request_count,
+        spec.user_count(),
+        spec.workers,
+    )
+    sampler.start()
+    measurements.load_started = time.time()
+    locust.start()
+    try:
+        limit_s = spec.deadline_s() + config.load.startup_timeout_s
+        last_line = time.monotonic()
+        while locust.poll() is None:
+            time.sleep(POLL_INTERVAL_S)
+            _collect(locust, progress, measurements)
+            elapsed_s = time.time() - measurements.load_started
+            if time.monotonic() - last_line >= config.load.progress_interval_s:
+                logger.info("%s", progress.line(elapsed_s, dict(sampler.latest)))
+                last_line = time.monotonic()
+            if elapsed_s > limit_s:
+                raise LoadError(
+                    f"The load ran past its {limit_s:.0f} s limit; see {locust.log_path}."
+                )
+        locust.check_exit(locust.poll())
+    finally:
+        locust.stop()
+        measurements.load_ended = time.time()
+        sampler.stop()
+        _collect(locust, progress, measurements)
+        measurements.replicas = sampler.snapshot()
+    elapsed_s = measurements.load_ended - measurements.load_started
+    logger.info("Load done: %s", progress.line(elapsed_s, dict(sampler.latest)))
+
+
+def _collect(locust: LocustProcesses, progress: Progress, measurements: Measurements) -> None:
+    rows = locust.tail.read_new()
+    progress.add(rows)
+    measurements.rows.extend(rows)
+
+
+class PipelineWarmup:
+    """The warm-up call for :func:`deploy.regimes.settle`.
+
+    One orchestrator request runs every stage once, so it warms one replica of each
+    function: the n-th warm-up call of any function sends the n-th pipeline request, and
+    calls for the other functions up to that count are already served by it. A request the
+    pipeline answers with a failure is logged and the run goes on, so the load records the
+    failure kinds; a gateway that cannot be reached raises.
+    """
+
+    def __init__(self, client: GatewayClient, video_uri: str, timeout_s: float):
+        self.client = client
+        self.video_uri = video_uri
+        self.timeout_s = timeout_s
+        self.calls: Counter[str] = Counter()
+        self.requests = 0
+
+    def __call__(self, name: str) -> None:
+        self.calls[name] += 1
+        if self.calls[name] <= self.requests:
+            return
+        self.requests += 1
+        request_id = f"{WARMUP_REQUEST_PREFIX}{uuid.uuid4().hex}"
+        logger.info("Warm-up request %d (%s)", self.requests, request_id)
+        response = self.client.invoke(
+            "orchestrator",
+            {"request_id": request_id, "video": self.video_uri},
+            timeout_s=self.timeout_s,
+        )
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text[:500]
+        outcome = classify(response.status_code, body, None)
+        if not outcome.ok:
+            logger.warning(
+                "Warm-up request %s failed (%s): %s; going on with the load",
+                request_id,
+                outcome.error_kind,
+                outcome.error_message,
+            )
+
+
+# Tracking
+
+
+def _configure_tracking(config: Config) -> None:
+    try:
+        tracking.configure(config.tracking.uri, config.tracking.experiment_name)
+    except tracking.TrackingError as exc:
+        raise TrackingError(str(exc)) from exc
+
+
+def _add_secret_filter() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, tracking.SecretFilter) for f in handler.filters):
+            handler.addFilter(tracking.SecretFilter())
+
+
+def _start_run(
+    config: Config, output_dir: Path, overrides: Sequence[str], index: int
+) -> tracking.JobRun:
+    name = f"{config.regime.name}-{config.workload.kind}"
+    if config.repeat > 1:
+        name += f"-{index}"
+    try:
+        run = tracking.start_job_run(
+            name,
+            tags={
+                "regime": config.regime.name,
+                "workload": config.workload.kind,
+                "hydra.output_dir": str(output_dir.resolve()),
+            },
+        )
+        with (output_dir / RUN_ID_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(run.run_id + "\n")
+        run.log_config(masked_container(config), overrides)
+        run.log_params({"repeat_index": index})
+    except tracking.TrackingError as exc:
+        raise TrackingError(str(exc)) from exc
+    logger.info("MLflow run %s (%s)", name, run.run_id)
+    return run
+
+
+def _record(
+    run: tracking.JobRun,
+    config: Config,
+    measurements: Measurements,
+    status: str,
+    error: BaseException | None,
+) -> None:
+    requests = measurements.requests_table()
+    invocations = measurements.invocations_table()
+    replicas = measurements.replicas_table()
+    metrics: dict[str, float] = {}
+    duration_s = measurements.load_duration_s()
+    try:
+        run.log_tables(requests, invocations, replicas)
+        if duration_s > 0:
+            try:
+                metrics = compute_metrics(
+                    requests,
+                    invocations,
+                    replicas,
+                    memory_mb_by_function={
+                        name: function.memory_mb
+                        for name, function in config.pipeline.functions.items()
+                    },
+                    prices=config.prices,
+                    load_duration_s=duration_s,
+                )
+            except ValueError as exc:
+                logger.error("Computing the metrics failed: %s", exc)
+            run.log_metrics(metrics)
+        if len(requests):
+            run.log_plots(requests, replicas)
+        run.log_summary(
+            {
+                "status": status,
+                "error": str(error) if error else None,
+                "settle": measurements.settle,
+                "metrics": metrics,
+            }
+        )
+    except tracking.TrackingError as exc:
+        logger.error("Recording run %s in MLflow failed: %s", run.run_id, exc)
+    finally:
+        try:
+            run.end(status, error=error)
+        except tracking.TrackingError as exc:
+            logger.error("Ending MLflow run %s failed: %s", run.run_id, exc)
+    logger.info("Run %s ended as %s\n%s", run.run_name, status, summary_table(metrics))
+
+
+def summary_table(metrics: dict[str, float]) -> str:
+    """Format the main metrics of a run as a two-column text table."""
+    rows = [
+        (label, template.format(metrics[key]))
+        for label, template, key in (
+            (label, template, key) for label, key, template in SUMMARY_METRICS
+        )
+        if key in metrics
+    ]
+    errors = sorted((key, value) for key, value in metrics.items() if key.startswith("errors."))
+    rows += [(f"errors {key[len('errors.') :]}", f"{value:.0f}") for key, value in errors]
+    if not rows:
+        return "  (no metrics)"
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"  {label.ljust(width)}  {value}" for label, value in rows)
+
+
+def _mask_saved_config(output_dir: Path, secrets: Sequence[str]) -> None:
+    """Replace secret values given on the command line in Hydra's saved config files."""
+    folder = output_dir / ".hydra"
+    if not secrets or not folder.is_dir():
+        return
+    for path in folder.glob("*.yaml"):
+        text = path.read_text(encoding="utf-8")
+        masked = text
+        for secret in secrets:
+            masked = masked.replace(secret, tracking.MASK)
+        if masked != text:
+            path.write_text(masked, encoding="utf-8")
