@@ -116,7 +116,7 @@ def normalize_requests(requests: pd.DataFrame | None) -> pd.DataFrame:
     for column in ("start_s", "latency_ms"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["cold_starts"] = pd.to_numeric(frame["cold_starts"], errors="coerce").fillna(0)
-    frame["error_kind"] = frame["error_kind"].fillna("").astype(str)
+    frame["error_kind"] = _as_text(frame["error_kind"])
     return frame
 
 
@@ -127,8 +127,8 @@ def normalize_invocations(invocations: pd.DataFrame | None) -> pd.DataFrame:
     for column in ("started_at", "duration_ms", "compute_ms", "init_ms", "memory_limit_mb"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["peak_rss_mb"] = pd.to_numeric(frame["peak_rss_mb"], errors="coerce")
-    frame["stage"] = frame["stage"].astype(str)
-    frame["status"] = frame["status"].fillna("").astype(str)
+    frame["stage"] = _as_text(frame["stage"])
+    frame["status"] = _as_text(frame["status"])
     return frame
 
 
@@ -137,7 +137,7 @@ def normalize_replicas(replicas: pd.DataFrame | None) -> pd.DataFrame:
     frame = _with_columns(replicas, REPLICA_COLUMNS, "replicas")
     for column in ("t_s", "replicas", "available_replicas"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    frame["function"] = frame["function"].astype(str)
+    frame["function"] = _as_text(frame["function"])
     return frame
 
 
@@ -299,6 +299,11 @@ def _with_columns(frame: pd.DataFrame | None, columns: tuple[str, ...], name: st
             f"{name}.csv contract in docs/metrics.md."
         )
     return frame.copy()
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """Turn a column into strings with missing values as "" (CSV reads an empty column as NaN)."""
+    return series.map(lambda value: "" if pd.isna(value) else str(value)).astype(object)
 
 
 def _as_bool(series: pd.Series) -> pd.Series:

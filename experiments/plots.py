@@ -165,7 +165,7 @@ def percentile_bars(intervals: pd.DataFrame) -> Figure:
         ax.set_xticks(np.arange(len(statistics)) + 0.4 - width / 2, statistics)
         ax.set_ylabel("latency (ms), 95% bootstrap CI")
         ax.set_title(f"workload {workload}")
-        ax.legend(fontsize="small")
+        _legend(ax)
     return fig
 
 
@@ -195,7 +195,7 @@ def cold_starts_by_stage(cold_starts: pd.DataFrame) -> Figure:
         ax.set_yticks(positions + 0.4 - width / 2, list(table.index))
         ax.set_xlabel("cold starts per run")
         ax.set_title(f"workload {workload}")
-        ax.legend(fontsize="small")
+        _legend(ax)
     return fig
 
 
@@ -222,7 +222,7 @@ def cost_vs_latency(runs: pd.DataFrame) -> Figure:
         ax.set_xlabel("p95 latency (ms)")
         ax.set_ylabel("cost per run (USD)")
         ax.set_title(f"workload {workload}")
-        ax.legend(fontsize="small")
+        _legend(ax)
     return fig
 
 
@@ -251,7 +251,7 @@ def replica_timelines(replicas: pd.DataFrame) -> Figure:
         ax.set_xlabel("time since load start (s)")
         ax.set_ylabel("replicas, all functions")
         ax.set_title(f"workload {workload}")
-        ax.legend(fontsize="small")
+        _legend(ax)
     return fig
 
 
@@ -277,7 +277,7 @@ def stage_breakdown(stages: pd.DataFrame) -> Figure:
         ax.set_yticks(positions + 0.4 - width / 2, stage_names)
         ax.set_xlabel("stage duration (ms): bar p50, line to p95")
         ax.set_title(f"workload {workload}")
-        ax.legend(fontsize="small")
+        _legend(ax)
     return fig
 
 
@@ -296,8 +296,15 @@ def _label_ecdf_axes(ax, title: str) -> None:
     ax.set_ylabel("share of successful requests")
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
+    _legend(ax, loc="lower right")
+
+
+def _legend(ax, loc: str = "best") -> None:
+    """Add a legend, or a "no data" note when nothing was drawn on ``ax``."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", loc="lower right")
+        ax.legend(fontsize="small", loc=loc)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
 
 
 def _time_origin(*series: pd.Series | None) -> float:

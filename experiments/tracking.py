@@ -28,21 +28,30 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import yaml
-from hydra.experimental.callback import Callback
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import (
+# MLflow 3 sends usage telemetry to its vendor unless this is set before mlflow is imported;
+# nothing in this project may reach beyond the package registries, so it is off by default.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from hydra.experimental.callback import Callback  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.telemetry.client import set_telemetry_client  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.utils.validation import (  # noqa: E402
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
     MAX_TAG_VAL_LENGTH,
 )
 
-from experiments import plots
-from experiments.errors import TrackingError
+from experiments import plots  # noqa: E402
+from experiments.errors import TrackingError  # noqa: E402
+
+# When mlflow was imported before this module, its telemetry client already exists: this
+# call reads the variable again and drops the client.
+set_telemetry_client()
 
 logger = logging.getLogger(__name__)
 
@@ -505,7 +514,8 @@ class JobRun:
             return table
         table = table.copy()
         for column in table.columns:
-            if table[column].dtype == object:
+            dtype = table[column].dtype
+            if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
                 table[column] = table[column].map(
                     lambda v: redact(v, secrets) if isinstance(v, str) else v
                 )

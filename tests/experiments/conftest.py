@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -179,6 +180,26 @@ class SweepStore:
     parent_run_id: str
     child_run_ids: list[str]
     root: Path
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> SimpleNamespace:
+    """The table generator, job logger and constants of this file, for the test modules.
+
+    Test modules take them through this fixture, because several folders of the suite have a
+    conftest.py and ``import conftest`` would pick whichever was imported first.
+    """
+    return SimpleNamespace(
+        make_tables=make_tables,
+        log_job=log_job,
+        job_config=job_config,
+        stages=STAGES,
+        memory_mb=MEMORY_MB,
+        regimes=REGIMES,
+        workloads=WORKLOADS,
+        repeats=REPEATS,
+        secrets=(SECRET_PASSWORD, SECRET_KEY),
+    )
 
 
 @pytest.fixture(scope="session")
