@@ -225,13 +225,15 @@ class S3Store:
         if self._bucket_checked:
             return
         from minio.error import MinioException
+        from urllib3.exceptions import HTTPError
 
         bucket = self.settings.bucket
         try:
             if not self._client.bucket_exists(bucket):
                 logger.info("Creating bucket %s on %s", bucket, self.settings.endpoint)
                 self._client.make_bucket(bucket)
-        except (MinioException, OSError) as exc:
+        # urllib3 raises MaxRetryError (an HTTPError, not an OSError) when nothing listens.
+        except (MinioException, OSError, HTTPError) as exc:
             raise StorageError(
                 f"Cannot reach bucket {bucket!r} on {self.settings.endpoint}: {exc}. "
                 "Check the endpoint, the credentials and that the server is running."
@@ -253,6 +255,7 @@ class S3Store:
 
     def _call(self, what: str, key: str, fn, *args, **kwargs):
         from minio.error import MinioException, S3Error
+        from urllib3.exceptions import HTTPError
 
         self._ensure_bucket()
         try:
@@ -263,7 +266,7 @@ class S3Store:
             raise StorageError(
                 f"Cannot {what} {key!r} in {self!r}: {exc.code} {exc.message}"
             ) from exc
-        except (MinioException, OSError) as exc:
+        except (MinioException, OSError, HTTPError) as exc:
             raise StorageError(f"Cannot {what} {key!r} in {self!r}: {exc}") from exc
 
     def put_file(self, key: str, path: Path) -> str:
