@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -110,7 +111,8 @@ class LocustProcesses:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         Path(self.spec.requests_dir).mkdir(parents=True, exist_ok=True)
         common = ["--headless", "--host", self.host, "--exit-code-on-error", "0"]
-        common += ["--stop-timeout", f"{self.spec.request_timeout_s:g}"]
+        # Locust takes whole seconds here; users still waiting get that long to finish.
+        common += ["--stop-timeout", str(math.ceil(self.spec.request_timeout_s))]
         if self.spec.workers == 0:
             self._master = self._spawn(self._command(*common), "locust.log")
             logger.info("Started Locust (pid %d) against %s", self._master.pid, self.host)
