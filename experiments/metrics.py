@@ -81,7 +81,7 @@ def compute_metrics(
 ) -> dict[str, float]:
     """Compute latency, throughput, error, cold-start and cost metrics of one run.
 
-    ``requests`` holds load-phase requests only (warm-up calls are excluded before this
+    ``requests`` contains load-phase requests only (warm-up calls are excluded before this
     point). ``memory_mb_by_function`` is the configured memory per function in MiB; it wins
     over the ``memory_limit_mb`` the replicas reported, because the configured size is what
     a platform bills. ``load_duration_s`` is the wall time of the load phase in seconds.
@@ -159,8 +159,8 @@ def latency_stats(latencies_ms: Iterable[float], prefix: str = "") -> dict[str, 
 def replica_gb_s(replicas: pd.DataFrame, memory_mb: float) -> float:
     """Integrate one function's replica count over time, times its memory, in GB-seconds.
 
-    The count is held from one sample to the next; the last sample is held for the median
-    sampling interval (1 s when there is a single sample).
+    Each count is held until the next sample. The last one is held for the median sampling
+    interval, or 1 s when there is a single sample.
     """
     timeline = replicas.dropna(subset=["t_s", "replicas"]).sort_values("t_s")
     if timeline.empty:

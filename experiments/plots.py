@@ -60,8 +60,8 @@ def ecdf_points(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
 def latency_over_time(requests: pd.DataFrame, replicas: pd.DataFrame, title: str = "") -> Figure:
     """Plot each request's latency at its start time, with the replica count on a second axis.
 
-    Failed requests are drawn as red crosses at their latency (or at 0 when none is known);
-    the right axis shows replicas and available replicas summed over all functions.
+    Failed requests are red crosses at their latency, or at 0 when none is known. The right
+    axis shows replicas and available replicas summed over all functions.
     """
     fig = Figure(figsize=(2 * PANEL_WIDTH_IN, PANEL_HEIGHT_IN))
     ax = fig.add_subplot()

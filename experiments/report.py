@@ -325,7 +325,7 @@ def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_table(runs: pd.DataFrame, latency_ci: pd.DataFrame) -> pd.DataFrame:
-    """One row per regime and workload: repetitions, pooled p95/p99 with CIs, means of the rest."""
+    """Build one row per regime and workload: repetitions, pooled p95/p99 with CIs, means."""
     means = [
         "error_rate",
         "throughput_rps",
@@ -359,7 +359,7 @@ def summary_table(runs: pd.DataFrame, latency_ci: pd.DataFrame) -> pd.DataFrame:
 
 
 def metrics_by_group(runs: pd.DataFrame) -> pd.DataFrame:
-    """Every metric (rows) averaged over the repetitions of each regime/workload (columns)."""
+    """Average every metric (rows) over the repetitions of each regime and workload (columns)."""
     metric_columns = [c for c in runs.columns if c not in _RUN_COLUMNS]
     if runs.empty or not metric_columns:
         return pd.DataFrame(columns=["metric"])

@@ -2,7 +2,7 @@
 
 The runner calls :func:`configure` once, then :func:`start_job_run` per job and logs
 through the returned :class:`JobRun`. Every value that reaches MLflow (params, tags,
-artifacts, error text) passes through the secret masking below: a config key that contains
+artifacts, error text) passes through the secret masking below. A config key that contains
 ``password``, ``secret``, ``token``, ``access_key`` or ``credentials`` has its value
 replaced by ``***``, and the values of those keys are also redacted from free text.
 
@@ -28,8 +28,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-# MLflow 3 sends usage telemetry to its vendor unless this is set before mlflow is imported;
-# nothing in this project may reach beyond the package registries, so it is off by default.
+# MLflow 3 sends usage telemetry to its vendor unless this is set before mlflow is imported.
+# Nothing in this project may reach beyond the package registries, so it is off by default.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import pandas as pd  # noqa: E402

@@ -71,7 +71,7 @@ class UiServer:
         self.url = url
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Poll ``/health`` until the server answers 200.
+        """Poll ``/health`` until the server returns 200.
 
         Raises:
             UiError: the process exited, or ``timeout_s`` passed first.

@@ -1,8 +1,8 @@
 """Fixtures for the metrics, tracking, report, notebook and UI tests.
 
-``make_tables`` generates small request, invocation and replica tables in the column
-contract of the runner; ``sweep_store`` logs a sweep of them to a real MLflow sqlite store
-through experiments.tracking, the same calls the runner makes.
+``make_tables`` generates small request, invocation and replica tables with the runner's
+columns. ``sweep_store`` logs a sweep of them to a real MLflow sqlite store through
+experiments.tracking, with the same calls the runner makes.
 """
 
 from __future__ import annotations

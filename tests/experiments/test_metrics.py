@@ -155,7 +155,7 @@ def test_cold_start_counts_share_and_penalty():
     assert metrics["cold_start_penalty_ms"] == pytest.approx(1100.0 - 120.0)
 
 
-def test_cold_start_penalty_left_out_when_no_request_was_cold():
+def test_penalty_omitted_without_cold_requests():
     metrics = compute(requests_table([100.0, 140.0]))
 
     assert "cold_start_penalty_ms" not in metrics
@@ -175,7 +175,7 @@ def test_busy_gb_s_uses_configured_memory():
     assert metrics["busy_gb_s"] == pytest.approx(4.25)
 
 
-def test_idle_gb_s_is_kept_minus_busy_floored_per_function():
+def test_idle_gb_s_floored_per_function():
     invocations = invocations_table(
         [("asr", 3000.0, False, "ok"), ("librosa", 9000.0, False, "ok")]
     )
@@ -188,7 +188,7 @@ def test_idle_gb_s_is_kept_minus_busy_floored_per_function():
     assert metrics["idle_gb_s"] == pytest.approx(5.0)
 
 
-def test_replica_gb_s_holds_last_sample_for_median_gap():
+def test_replica_gb_s_holds_last_sample():
     timeline = pd.DataFrame({"t_s": [0.0, 2.0, 4.0], "replicas": [1, 3, 1]})
 
     assert replica_gb_s(timeline, memory_mb=512) == pytest.approx((2 + 6 + 2) * 0.5)

@@ -55,9 +55,16 @@ def test_ui_lists_sweep_runs_over_rest(sweep_store):
             },
             timeout=30,
         ).json()
+        summary = httpx.get(
+            f"{server.url}/get-artifact",
+            params={"path": "summary.json", "run_uuid": sweep_store.child_run_ids[0]},
+            timeout=30,
+        )
     finally:
         server.stop()
 
     run_ids = {run["info"]["run_id"] for run in found["runs"]}
     assert run_ids == set(sweep_store.child_run_ids)
+    assert summary.status_code == 200
+    assert "metrics" in summary.json()
     assert server.process.returncode is not None
