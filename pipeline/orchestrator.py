@@ -10,7 +10,7 @@ Clips run side by side, and so do a clip's ``asr`` and ``ffmpeg-3``. At most ``m
 calls are in flight for one request, across all clips and frames.
 
 The output is the summary ``{request_id, status, transcripts, detections, invocations, error,
-notes}``. ``invocations`` holds the telemetry of every stage call, failed ones included, with
+notes}``. ``invocations`` contains the telemetry of every stage call, failed ones included, with
 ``extra.call_ms`` (the round trip seen by the orchestrator) and the clip and frame indices.
 The progress of each step is written to ``requests/<request_id>/state.json`` as it changes,
 so a failed request keeps what finished. When a stage fails, the calls still running are
@@ -57,7 +57,7 @@ class OrchestratorConfig:
     """Stage calls in flight at once for one request, across clips and frames."""
     call_timeout_s: float = 300.0
     retries_on_429: int = 5
-    """Retries of a call answered 429 or 503 (replica full or draining) before it fails."""
+    """Retries of a call that got 429 or 503 (replica full or draining) before it fails."""
     retry_backoff_s: float = 0.25
     max_retry_backoff_s: float = 4.0
 

@@ -32,7 +32,7 @@ from pipeline.store import ArtifactStore, store_from_env
 logger = logging.getLogger(__name__)
 
 CHAIN_TIMEOUT_S = 1800.0
-"""Longest one orchestrator call may take, in seconds."""
+"""Maximum time one orchestrator call may take, in seconds."""
 
 
 class ChainRunError(PipelineError):

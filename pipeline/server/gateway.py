@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 FORWARDED_HEADERS = ("Content-Type", "X-Duration-Seconds")
 PROXY_TIMEOUT_S = 1800.0
-"""Longest a proxied call may take; the orchestrator's own call timeouts are shorter."""
+"""Maximum time a proxied call may take; the orchestrator's own call timeouts are shorter."""
 
 
 class LocalGateway:
