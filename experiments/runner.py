@@ -133,6 +133,7 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = ()) ->
     logger.info("Checking the config and the dataset")
     config = check_config(cfg)
     items = resolve_dataset(config.dataset, config.storage)
+    output_dir.mkdir(parents=True, exist_ok=True)
     _mask_saved_config(output_dir, secret_values(config))
     _configure_tracking(config)
     _add_secret_filter()
@@ -398,10 +399,7 @@ class PipelineWarmup:
 
 
 def _configure_tracking(config: Config) -> None:
-    try:
-        tracking.configure(config.tracking.uri, config.tracking.experiment_name)
-    except tracking.TrackingError as exc:
-        raise TrackingError(str(exc)) from exc
+    tracking.configure(config.tracking.uri, config.tracking.experiment_name)
 
 
 def _add_secret_filter() -> None:
@@ -416,21 +414,22 @@ def _start_run(
     name = f"{config.regime.name}-{config.workload.kind}"
     if config.repeat > 1:
         name += f"-{index}"
+    run = tracking.start_job_run(
+        name,
+        tags={
+            "regime": config.regime.name,
+            "workload": config.workload.kind,
+            "hydra.output_dir": str(output_dir.resolve()),
+        },
+    )
+    with (output_dir / RUN_ID_FILE).open("a", encoding="utf-8") as handle:
+        handle.write(run.run_id + "\n")
     try:
-        run = tracking.start_job_run(
-            name,
-            tags={
-                "regime": config.regime.name,
-                "workload": config.workload.kind,
-                "hydra.output_dir": str(output_dir.resolve()),
-            },
-        )
-        with (output_dir / RUN_ID_FILE).open("a", encoding="utf-8") as handle:
-            handle.write(run.run_id + "\n")
         run.log_config(masked_container(config), overrides)
         run.log_params({"repeat_index": index})
-    except tracking.TrackingError as exc:
-        raise TrackingError(str(exc)) from exc
+    except TrackingError as exc:
+        run.end(JobStatus.FAILED, error=exc)
+        raise
     logger.info("MLflow run %s (%s)", name, run.run_id)
     return run
 
@@ -475,12 +474,12 @@ def _record(
                 "metrics": metrics,
             }
         )
-    except tracking.TrackingError as exc:
+    except TrackingError as exc:
         logger.error("Recording run %s in MLflow failed: %s", run.run_id, exc)
     finally:
         try:
             run.end(status, error=error)
-        except tracking.TrackingError as exc:
+        except TrackingError as exc:
             logger.error("Ending MLflow run %s failed: %s", run.run_id, exc)
     logger.info("Run %s ended as %s\n%s", run.run_name, status, summary_table(metrics))
 
