@@ -1,6 +1,6 @@
 """The orchestrator as a real function process, calling scripted stage processes over HTTP.
 
-The scripted stages answer at once with made-up URIs, so these tests check the chain's
+The scripted stages return made-up URIs at once, so these tests check the chain's
 order, fan-out, bounded concurrency, retries on 429, failures and state.json without
 running the engines (``test_chain.py`` runs the real stages).
 """
