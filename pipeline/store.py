@@ -312,20 +312,25 @@ class S3Store:
         return True
 
     def list(self, prefix: str = "") -> list[str]:
+        """List the keys under the folder ``prefix`` (``requests/r2`` does not match ``r20``)."""
+        folder = ""
         if prefix:
-            validate_key(prefix)
+            folder = validate_key(prefix) + "/"
         objects = self._call(
             "list",
             prefix,
             self._client.list_objects,
             self.settings.bucket,
-            prefix=prefix,
+            prefix=folder,
             recursive=True,
         )
         return sorted(obj.object_name for obj in objects)
 
     def delete_prefix(self, prefix: str) -> int:
+        """Delete the object ``prefix`` and every key under the folder ``prefix``."""
         keys = self.list(validate_key(prefix))
+        if self.exists(prefix):
+            keys.append(prefix)
         for key in keys:
             self._call("delete", key, self._client.remove_object, self.settings.bucket, key)
         return len(keys)
@@ -338,6 +343,7 @@ ENV_S3_BUCKET = "VS_S3_BUCKET"
 ENV_S3_ACCESS_KEY = "VS_S3_ACCESS_KEY"
 ENV_S3_SECRET_KEY = "VS_S3_SECRET_KEY"
 ENV_S3_SECRET_KEY_FILE = "VS_S3_SECRET_KEY_FILE"
+ENV_S3_ACCESS_KEY_FILE = "VS_S3_ACCESS_KEY_FILE"
 ENV_S3_SECURE = "VS_S3_SECURE"
 DEFAULT_STORE_ROOT = "runs/store"
 
@@ -348,12 +354,16 @@ def store_from_env(environ: Mapping[str, str] | None = None) -> ArtifactStore:
     ``VS_STORE`` is ``local`` (default; folder ``VS_STORE_ROOT``, default ``runs/store``) or
     ``s3`` (``VS_S3_ENDPOINT``, ``VS_S3_BUCKET``, ``VS_S3_ACCESS_KEY``, ``VS_S3_SECRET_KEY``,
     ``VS_S3_SECURE``; the keys fall back to ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``).
-    ``VS_S3_SECRET_KEY_FILE`` names a file holding the secret key, as OpenFaaS mounts secrets;
-    it is read only when ``VS_S3_SECRET_KEY`` is unset.
+    ``VS_S3_ACCESS_KEY_FILE`` and ``VS_S3_SECRET_KEY_FILE`` name files holding the keys, as
+    OpenFaaS mounts secrets; each is read only when its plain variable is unset.
     """
     env = os.environ if environ is None else environ
-    if env.get(ENV_S3_SECRET_KEY_FILE) and not env.get(ENV_S3_SECRET_KEY):
-        env = {**env, ENV_S3_SECRET_KEY: _read_secret_file(env[ENV_S3_SECRET_KEY_FILE])}
+    for plain, file_variable in (
+        (ENV_S3_ACCESS_KEY, ENV_S3_ACCESS_KEY_FILE),
+        (ENV_S3_SECRET_KEY, ENV_S3_SECRET_KEY_FILE),
+    ):
+        if env.get(file_variable) and not env.get(plain):
+            env = {**env, plain: _read_secret_file(file_variable, env[file_variable])}
     kind = env.get(ENV_STORE_KIND, "local").strip().lower()
     if kind == "local":
         return LocalStore(env.get(ENV_STORE_ROOT, DEFAULT_STORE_ROOT))
@@ -385,17 +395,19 @@ def store_from_env(environ: Mapping[str, str] | None = None) -> ArtifactStore:
     raise StorageError(f"{ENV_STORE_KIND}={kind!r} is not a store kind; use 'local' or 's3'.")
 
 
-def _read_secret_file(path: str) -> str:
+def _read_secret_file(variable: str, path: str) -> str:
     """Return the stripped content of a secret file; the message never shows the content."""
     try:
         secret = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise StorageError(
-            f"Cannot read the S3 secret key from {ENV_S3_SECRET_KEY_FILE}={path!r}: "
+            f"Cannot read the S3 key from {variable}={path!r}: "
             f"{exc.strerror}. Check that the secret is mounted there."
         ) from exc
     if not secret:
-        raise StorageError(f"The S3 secret key file {path!r} is empty; write the key into it.")
+        raise StorageError(
+            f"The S3 key file {path!r} ({variable}) is empty; write the key into it."
+        )
     return secret
 
 

@@ -183,8 +183,37 @@ def test_secret_key_file_is_read(moto_endpoint, bucket, tmp_path):
 def test_missing_secret_key_file_is_storage_error(tmp_path):
     env = {"VS_STORE": "s3", "VS_S3_SECRET_KEY_FILE": str(tmp_path / "absent")}
 
-    with pytest.raises(StorageError, match="Cannot read the S3 secret key from"):
+    with pytest.raises(StorageError, match="Cannot read the S3 key from VS_S3_SECRET_KEY_FILE"):
         store_from_env(env)
+
+
+def test_access_key_read_from_file(tmp_path):
+    key_file = tmp_path / "s3-access-key"
+    key_file.write_text("from-file\n")
+    env = {
+        "VS_STORE": "s3",
+        "VS_S3_ENDPOINT": "127.0.0.1:9",
+        "VS_S3_BUCKET": "b",
+        "VS_S3_ACCESS_KEY_FILE": str(key_file),
+        "VS_S3_SECRET_KEY": "s",
+    }
+
+    store = store_from_env(env)
+
+    assert store.settings.access_key == "from-file"
+
+
+def test_s3_list_matches_folders_only(moto_endpoint, bucket):
+    store = S3Store(S3Settings(moto_endpoint, bucket, ACCESS_KEY, SECRET))
+    store.put_bytes("requests/r2/a.txt", b"a")
+    store.put_bytes("requests/r20/b.txt", b"b")
+
+    listed = store.list("requests/r2")
+    deleted = store.delete_prefix("requests/r2")
+
+    assert listed == ["requests/r2/a.txt"]
+    assert deleted == 1
+    assert store.exists("requests/r20/b.txt")
 
 
 def test_missing_s3_settings_are_named():
