@@ -2,7 +2,7 @@
 
 ``run`` hands the rest of the command line to Hydra, so ``-m``, ``--cfg job``, ``--help``
 and ``--shell-completion`` behave as in any Hydra app. A job that fails is logged in one
-line (the traceback only with ``HYDRA_FULL_ERROR=1``), and the sweep goes on; the command
+line (the traceback only with ``HYDRA_FULL_ERROR=1``), and the sweep goes on. The command
 exits 1 when a job failed and 130 when a job was interrupted.
 """
 
@@ -86,7 +86,7 @@ def _completion_query(args: Sequence[str]) -> bool:
 
 
 def complete(args: Sequence[str]) -> int:
-    """Answer a shell completion query from the line in ``COMP_LINE``.
+    """Print the completions of the command line in ``COMP_LINE``.
 
     Hydra's bash function calls ``experiments -sc query=bash`` with the line being typed.
     The first word after the program name is completed against the commands; after ``run``

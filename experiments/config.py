@@ -1,8 +1,8 @@
 """Typed schemas of the Hydra config, registered in Hydra's ConfigStore.
 
-``conf/config.yaml`` starts its defaults list with ``base_config`` (:class:`Config`), and the
+``conf/config.yaml`` starts its defaults list with ``base_config`` (:class:`Config`). The
 files of the groups whose options differ in shape (workload, backend, storage) start with
-their own schema (``schema_workload_steady`` and so on), so a wrong type or a misspelt key
+their own schema (``schema_workload_steady`` and so on). So a wrong type or a misspelt key
 fails at composition. Hydra lets ``+key=value`` add keys even to a structured config, so
 :func:`check_config` rejects every key that no schema declares before a job touches the
 platform, and validates each stage's ``config`` against the stage's own config dataclass.
@@ -61,7 +61,7 @@ class StorageKind(enum.Enum):
 
 @dataclass
 class WorkloadConfig:
-    """What all workloads share. ``request_timeout_s`` bounds one end-to-end request."""
+    """Fields common to all workloads. ``request_timeout_s`` bounds one end-to-end request."""
 
     kind: str = MISSING
     request_timeout_s: float = 180.0
@@ -175,7 +175,7 @@ class DatasetConfig:
 
 @dataclass
 class LoadConfig:
-    """How Locust runs. ``workers: 0`` is one process; N is one master and N local workers."""
+    """Locust settings. ``workers: 0`` runs one process, N runs a master and N local workers."""
 
     workers: int = 0
     progress_interval_s: float = 5.0
@@ -226,9 +226,9 @@ def register_configs() -> None:
 def check_config(cfg: DictConfig) -> Config:
     """Validate a composed config and return it as typed dataclasses.
 
-    Raises :class:`ConfigError` naming the key for a key no schema declares (such as one
-    added with ``+``), a wrong type, a missing or unknown function, a stage config field the
-    stage does not know, or a workload value out of range.
+    Raises :class:`ConfigError` naming the key in these cases: a key no schema declares (such
+    as one added with ``+``), a wrong type, a missing or unknown function, a stage config
+    field the stage does not know, or a workload value out of range.
     """
     _reject_unknown_keys(cfg, "")
     try:
@@ -270,6 +270,7 @@ def _reject_unknown_keys(node: Any, path: str) -> None:
 
 
 def _check_ranges(config: Config) -> None:
+    _check_kinds(config)
     workload = config.workload
     positive: list[tuple[str, float]] = [
         ("workload.request_timeout_s", workload.request_timeout_s),
@@ -284,11 +285,6 @@ def _check_ranges(config: Config) -> None:
             ("workload.rate_per_s", workload.rate_per_s),
             ("workload.duration_s", workload.duration_s),
         ]
-        if workload.rate_per_s * workload.duration_s < 1:
-            raise ConfigError(
-                f"workload.rate_per_s={workload.rate_per_s} for workload.duration_s="
-                f"{workload.duration_s} sends no request; raise the rate or the duration."
-            )
     elif isinstance(workload, BurstWorkloadConfig):
         positive.append(("workload.burst_size", workload.burst_size))
         for name, value in (
@@ -297,28 +293,33 @@ def _check_ranges(config: Config) -> None:
         ):
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0 seconds, got {value}.")
-    else:
-        raise ConfigError(
-            f"workload.kind={workload.kind!r} has no schema; choose workload=steady or "
-            "workload=burst."
-        )
     for name, value in positive:
         if value <= 0:
             raise ConfigError(f"{name} must be greater than 0, got {value}.")
+    if isinstance(workload, SteadyWorkloadConfig) and workload.rate_per_s * workload.duration_s < 1:
+        raise ConfigError(
+            f"workload.rate_per_s={workload.rate_per_s} for workload.duration_s="
+            f"{workload.duration_s} sends no request; raise the rate or the duration."
+        )
     if config.load.workers < 0:
         raise ConfigError(
             f"load.workers must be 0 (one process) or more, got {config.load.workers}."
         )
-    for section, schema_kind in (
-        ("workload", _schema_kind(config.workload)),
-        ("backend", _schema_kind(config.backend)),
-        ("storage", _schema_kind(config.storage)),
-    ):
-        kind = getattr(config, section).kind
-        if kind != schema_kind:
+
+
+def _check_kinds(config: Config) -> None:
+    for section in ("workload", "backend", "storage"):
+        value = getattr(config, section)
+        if type(value) in (WorkloadConfig, BackendConfig, StorageConfig):
             raise ConfigError(
-                f"{section}.kind={kind!r} does not match the chosen {section} file; choose "
-                f"{section}={kind} instead of overriding {section}.kind."
+                f"{section}.kind={value.kind!r} has no schema; choose an option of the "
+                f"{section} group ({section}=OPTION)."
+            )
+        schema_kind = _schema_kind(value)
+        if value.kind != schema_kind:
+            raise ConfigError(
+                f"{section}.kind={value.kind!r} does not match the chosen {section} file; "
+                f"choose {section}={value.kind} instead of overriding {section}.kind."
             )
 
 
@@ -360,6 +361,8 @@ def check_stage_config(name: str, values: dict[str, Any]) -> None:
     Unknown fields and values of the wrong type raise :class:`ConfigError` naming
     ``pipeline.functions.<name>.config.<field>``.
     """
+    # NOTE: values that only the stage's load() checks, such as an unknown asr engine name,
+    # pass here and make every request of the run fail at that stage instead.
     from pipeline.stages import stage_class
 
     where = f"pipeline.functions.{name}.config"

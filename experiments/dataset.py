@@ -2,8 +2,8 @@
 
 A dataset entry is a path, a ``file://`` URI or an ``s3://`` URI. A relative path is looked
 up in the current folder first, then in the project folder (where the sample video is).
-Local files are uploaded to the run's store under ``inputs/<sanitised name>``; an ``s3://``
-URI must already be in the store's bucket and is posted as it is.
+Local files are uploaded to the run's store under ``inputs/<sanitised name>``. An ``s3://``
+URI must already be in the store's bucket, and is posted as it is.
 """
 
 from __future__ import annotations

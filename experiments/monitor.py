@@ -1,4 +1,4 @@
-"""What the runner watches while the load runs: replica counts and the requests so far."""
+"""Replica counts and request progress, watched by the runner while the load runs."""
 
 from __future__ import annotations
 

@@ -5,10 +5,10 @@ Steps, each logged at INFO:
 1. check the config and the dataset (nothing on the platform is touched before this);
 2. start the embedded runtime, or reach the OpenFaaS gateway and check the credentials;
 3. upload the dataset to the store under ``inputs/``;
-4. per repetition (``repeat``): deploy the functions with the regime's labels, settle the
-   regime, run the Locust load while sampling the replica counts every second, tear the
-   functions down (unless ``keep_deployed``), compute the metrics and record them in one
-   MLflow run, then print a summary table;
+4. per repetition (``repeat``): deploy the functions with the regime's labels and settle
+   the regime. Run the Locust load while a thread samples the replica counts every second.
+   Tear the functions down (unless ``keep_deployed``), compute the metrics, record them in
+   one MLflow run and log a summary table;
 5. stop the embedded runtime.
 
 A repetition that fails or is interrupted is recorded with what it measured so far, as
@@ -90,7 +90,7 @@ class JobStatus:
 
 @dataclass
 class Measurements:
-    """What one repetition measured, possibly partial."""
+    """Measurements of one repetition, possibly partial."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     replicas: list[dict[str, Any]] = field(default_factory=list)
@@ -357,9 +357,9 @@ class PipelineWarmup:
 
     One orchestrator request runs every stage once, so it warms one replica of each
     function: the n-th warm-up call of any function sends the n-th pipeline request, and
-    calls for the other functions up to that count are already served by it. A request the
-    pipeline answers with a failure is logged and the run goes on, so the load records the
-    failure kinds; a gateway that cannot be reached raises.
+    calls for the other functions up to that count are already served by it. A failed
+    pipeline response is logged and the run goes on, so the load records the failure kinds.
+    A gateway that cannot be reached raises GatewayUnreachableError.
     """
 
     def __init__(self, client: GatewayClient, video_uri: str, timeout_s: float):

@@ -127,7 +127,7 @@ def test_stage_config_wrong_type_names_the_field():
         check_config(cfg)
 
 
-def test_stage_config_out_of_range_uses_the_stage_check():
+def test_stage_config_range_check_applies():
     cfg = compose_config("pipeline.functions.object-detector.config.score_threshold=3")
 
     with pytest.raises(ConfigError, match="score_threshold must be between 0 and 1"):
