@@ -163,6 +163,11 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = ()) ->
                 _record(run, config, measurements, JobStatus.FAILED, _converted(exc))
                 statuses.append(JobStatus.FAILED)
                 break
+            except Exception as exc:
+                # A bug, not a platform failure: record the run as FAILED, then re-raise.
+                logger.exception("Repetition %d failed with an unexpected error", index)
+                _record(run, config, measurements, JobStatus.FAILED, exc)
+                raise
             status, error = _judge(measurements)
             _record(run, config, measurements, status, error)
             statuses.append(status)

@@ -130,3 +130,14 @@ def test_completion_offers_group_options_after_run(tmp_path):
 
     assert result.returncode == 0
     assert set(result.stdout.split()) == {"regime=burst_ready", "regime=cold", "regime=warm"}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_sweep_goes_on_after_a_failed_job_and_exits_non_zero(tmp_path):
+    result = run_cli(tmp_path, "run", "-m", "dataset.files=[missing_a.mp4],[missing_b.mp4]")
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "'missing_a.mp4' does not exist" in output
+    assert "'missing_b.mp4' does not exist" in output
+    assert len(list((tmp_path / "runs" / "multirun").glob("*/*/*/.hydra"))) == 2
