@@ -13,12 +13,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from experiments.config import register_configs
+from experiments.config import MASK, SECRET_KEYS, register_configs
 from experiments.errors import ExperimentError
 
 logger = logging.getLogger(__name__)
@@ -63,9 +64,41 @@ def _hydra_job(cfg: DictConfig) -> None:
     _job_outcomes.append(status)
 
 
+def _redact_secret_overrides(args: Sequence[str]) -> None:
+    """Mask secret values given as overrides in every log record of this process.
+
+    Hydra logs the overrides of each sweep job before any job can install a filter, so
+    the values of ``...password=``, ``...secret_key=`` and ``...access_key=`` overrides
+    are replaced by ``***`` when a record is created.
+    """
+    secrets: set[str] = set()
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~").rsplit(".", 1)[-1] in SECRET_KEYS and value:
+            secrets.add(value)
+            secrets.update(part for part in value.split(",") if part)
+    if not secrets:
+        return
+    ordered = sorted(secrets, key=len, reverse=True)
+    make_record = logging.getLogRecordFactory()
+
+    def masking_factory(*factory_args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*factory_args, **kwargs)
+        message = record.getMessage()
+        masked = message
+        for secret in ordered:
+            masked = masked.replace(secret, MASK)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return record
+
+    logging.setLogRecordFactory(masking_factory)
+
+
 def run_command(args: Sequence[str]) -> int:
     """Run one job, or a sweep with ``-m``; return the process exit status."""
     _job_outcomes.clear()
+    _redact_secret_overrides(args)
     saved_argv = sys.argv
     sys.argv = ["experiments run", *args]
     try:
@@ -120,7 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else EXIT_USAGE
     command, rest = args[0], args[1:]
     if command == "run":
-        return run_command(rest)
+        try:
+            return run_command(rest)
+        except KeyboardInterrupt:
+            print("experiments: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
     if command == "report":
         from experiments.report import report_main
 

@@ -507,11 +507,16 @@ def summary_table(metrics: dict[str, float]) -> str:
 
 
 def _mask_saved_config(output_dir: Path, secrets: Sequence[str]) -> None:
-    """Replace secret values given on the command line in Hydra's saved config files."""
-    folder = output_dir / ".hydra"
-    if not secrets or not folder.is_dir():
+    """Replace secret values given on the command line in Hydra's saved config files.
+
+    Those are the job's ``.hydra/*.yaml`` and, in a sweep, the sweep's ``multirun.yaml``.
+    """
+    if not secrets:
         return
-    for path in folder.glob("*.yaml"):
+    paths = [*(output_dir / ".hydra").glob("*.yaml"), output_dir.parent / "multirun.yaml"]
+    for path in paths:
+        if not path.is_file():
+            continue
         text = path.read_text(encoding="utf-8")
         masked = text
         for secret in secrets:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from runner_fixtures import run_cli
 
 from experiments.cli import main
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def test_no_command_prints_usage(capsys):
@@ -141,3 +149,25 @@ def test_sweep_goes_on_after_a_failed_job_and_exits_non_zero(tmp_path):
     assert "'missing_a.mp4' does not exist" in output
     assert "'missing_b.mp4' does not exist" in output
     assert len(list((tmp_path / "runs" / "multirun").glob("*/*/*/.hydra"))) == 2
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_secret_overrides_are_masked_everywhere(tmp_path):
+    result = run_cli(
+        tmp_path,
+        "run",
+        "-m",
+        "backend=openfaas",
+        f"backend.url=http://127.0.0.1:{closed_port()}",
+        "backend.password=first-secret,second-secret",
+    )
+
+    leaked = [
+        path
+        for path in (tmp_path / "runs").rglob("*")
+        if path.is_file() and b"-secret" in path.read_bytes()
+    ]
+    assert result.returncode == 1
+    assert "cannot reach the gateway" in result.stdout + result.stderr
+    assert "-secret" not in result.stdout + result.stderr
+    assert leaked == []
