@@ -122,7 +122,7 @@ def complete(args: Sequence[str]) -> int:
     """Print the completions of the command line in ``COMP_LINE``.
 
     Hydra's bash function calls ``experiments -sc query=bash`` with the line being typed.
-    The first word after the program name is completed against the commands; after ``run``
+    The first word after the program name is completed against the commands. After ``run``,
     the command word is removed from the line and Hydra completes the overrides.
     """
     line = os.environ.get("COMP_LINE", "")
