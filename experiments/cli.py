@@ -48,7 +48,8 @@ register_configs()
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
-def _hydra_job(cfg: DictConfig) -> None:
+def _hydra_job(cfg: DictConfig) -> str:
+    """Run one job and return its status, which Hydra keeps as the job's return value."""
     from experiments.runner import run_job
 
     hydra_config = HydraConfig.get()
@@ -62,6 +63,7 @@ def _hydra_job(cfg: DictConfig) -> None:
             logger.error("The job failed: %s", exc)
         status = "FAILED"
     _job_outcomes.append(status)
+    return status
 
 
 def _redact_secret_overrides(args: Sequence[str]) -> None:
