@@ -592,7 +592,11 @@ class MlflowSweepCallback(Callback):
         from hydra.core.utils import JobStatus as HydraJobStatus
 
         self.jobs += 1
-        if getattr(job_return, "status", None) == HydraJobStatus.FAILED:
+        status = getattr(job_return, "status", None)
+        # The task returns its run's status instead of raising, so that Hydra goes on to
+        # the next job and still calls on_multirun_end.
+        returned = job_return.return_value if status == HydraJobStatus.COMPLETED else None
+        if status == HydraJobStatus.FAILED or returned in ("FAILED", "KILLED"):
             self.failed_jobs += 1
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+from mlflow.tracking import MlflowClient
 from runner_fixtures import run_cli
 
 from experiments.cli import main
@@ -149,6 +150,22 @@ def test_sweep_goes_on_after_a_failed_job_and_exits_non_zero(tmp_path):
     assert "'missing_a.mp4' does not exist" in output
     assert "'missing_b.mp4' does not exist" in output
     assert len(list((tmp_path / "runs" / "multirun").glob("*/*/*/.hydra"))) == 2
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings(
+    "ignore:The ``noload`` loader strategy is deprecated:sqlalchemy.exc.SADeprecationWarning"
+)
+def test_sweep_with_failed_jobs_marks_parent_failed(tmp_path):
+    run_cli(tmp_path, "run", "-m", "dataset.files=[missing_a.mp4],[missing_b.mp4]")
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/runs/mlflow.db")
+    experiment = client.get_experiment_by_name("videosearcher-regimes")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert len(parents) == 1
+    assert parents[0].info.status == "FAILED"
+    assert parents[0].data.tags["sweep.failed_jobs"] == "2"
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
