@@ -71,7 +71,7 @@ def test_shipped_regime_values():
     assert (cold_regime.min_replicas, cold_regime.scale_to_zero) == (0, True)
     assert cold_regime.zero_duration_s == 10.0
     assert cold_regime.warmup_calls == 0
-    assert (warm.min_replicas, warm.scale_to_zero, warm.warmup_calls) == (1, False, 1)
+    assert (warm.min_replicas, warm.scale_to_zero, warm.warmup_calls) == (1, False, 3)
     assert burst.min_replicas == burst.prescale_replicas == 3
     assert burst.warmup_calls == 1
     assert {r.max_replicas for r in (cold_regime, warm, burst)} == {4}
@@ -305,10 +305,10 @@ def test_settle_regimes_on_embedded_runtime(make_runtime, tmp_path):
     assert warm_report.kind is RegimeKind.WARM
     assert warm_report.cold_strategy is ColdStrategy.NONE
     assert warm_report.replicas == {"noop": 1}
-    assert warm_report.warmup_calls == {"noop": 1}
+    assert warm_report.warmup_calls == {"noop": warm.warmup_calls}
     assert burst_report.replicas == {"noop": 3}
     assert burst_report.warmup_calls == {"noop": 1}
-    assert calls == ["noop", "noop"]
+    assert calls == ["noop"] * (warm.warmup_calls + burst.warmup_calls)
     assert cold_report.cold_strategy is ColdStrategy.SCALE_TO_ZERO
     assert cold_report.replicas == {"noop": 0}
     assert redeploy_report.cold_strategy is ColdStrategy.REDEPLOY
