@@ -1,4 +1,7 @@
-"""Exceptions raised by the deploy package; httpx failures are converted here with the cause chained."""
+"""Exceptions raised by the deploy package.
+
+The client converts httpx failures to these at the boundary, with the cause chained.
+"""
 
 from __future__ import annotations
 
