@@ -471,6 +471,9 @@ def _record(
             run.log_metrics(metrics)
         if len(requests):
             run.log_plots(requests, replicas)
+        if measurements.settle:
+            # Which cold-start strategy ran depends on the platform, so it is a tag to filter on.
+            run.set_tags({"cold_strategy": str(measurements.settle.get("cold_strategy", ""))})
         run.log_summary(
             {
                 "status": status,

@@ -146,6 +146,40 @@ def test_cold_burst_has_cold_starts(sweep):
     assert run.data.metrics["requests_ok"] == 2
     assert run.data.metrics["cold_starts_total"] > 0
     assert (table["cold_starts"] > 0).all()
+    assert run.data.tags["cold_strategy"] == "scale_to_zero"
+
+
+EXPECTED_METRICS = (
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "latency_mean_ms",
+    "latency_max_ms",
+    "stage.asr.latency_p95_ms",
+    "stage.object-detector.latency_p99_ms",
+    "throughput_rps",
+    "error_rate",
+    "cold_starts_total",
+    "cold_starts.asr",
+    "cold_start_request_share",
+    "busy_gb_s",
+    "idle_gb_s",
+    "cost_requests_usd",
+    "cost_busy_usd",
+    "cost_idle_usd",
+    "cost_total_usd",
+)
+
+
+def test_sweep_children_have_every_metric(sweep):
+    folder, _result = sweep
+
+    children = [run for run in all_runs(folder) if "mlflow.parentRunId" in run.data.tags]
+
+    for run in children:
+        missing = [name for name in EXPECTED_METRICS if name not in run.data.metrics]
+        assert missing == [], run.info.run_name
 
 
 def test_warm_steady_has_no_cold_starts(sweep):
