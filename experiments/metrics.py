@@ -16,37 +16,14 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from experiments.load.records import INVOCATION_COLUMNS, REQUEST_COLUMNS, TIMELINE_COLUMNS
 from experiments.pricing import PriceSheet
 from pipeline.telemetry import DEFAULT_MEMORY_LIMIT_MB
 
 logger = logging.getLogger(__name__)
 
-REQUEST_COLUMNS = (
-    "request_id",
-    "start_s",
-    "latency_ms",
-    "ok",
-    "http_status",
-    "error_kind",
-    "error_message",
-    "cold_starts",
-    "phase",
-)
-INVOCATION_COLUMNS = (
-    "request_id",
-    "stage",
-    "started_at",
-    "duration_ms",
-    "compute_ms",
-    "init_ms",
-    "cold_start",
-    "replica_id",
-    "memory_limit_mb",
-    "peak_rss_mb",
-    "cost_gb_s",
-    "status",
-)
-REPLICA_COLUMNS = ("t_s", "function", "replicas", "available_replicas")
+# The tables' columns are those of the rows the load writes.
+REPLICA_COLUMNS = TIMELINE_COLUMNS
 
 PERCENTILES = (50, 90, 95, 99)
 UNKNOWN_ERROR_KIND = "unknown"
