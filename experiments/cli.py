@@ -97,12 +97,15 @@ def _redact_secret_overrides(args: Sequence[str]) -> None:
     logging.setLogRecordFactory(masking_factory)
 
 
-def run_command(args: Sequence[str]) -> int:
-    """Run one job, or a sweep with ``-m``; return the process exit status."""
+def run_command(args: Sequence[str], program: str = "experiments run") -> int:
+    """Run one job, or a sweep with ``-m``; return the process exit status.
+
+    ``program`` is the name Hydra shows in help and registers for shell completion.
+    """
     _job_outcomes.clear()
     _redact_secret_overrides(args)
     saved_argv = sys.argv
-    sys.argv = ["experiments run", *args]
+    sys.argv = [program, *args]
     try:
         _hydra_job()
     finally:
@@ -149,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return complete(args)
     if any(arg in ("-sc", "--shell-completion") for arg in args):
         # ``--shell-completion install=bash`` prints the script that registers the program.
-        return run_command(args)
+        return run_command(args, program="experiments")
     if not args or args[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if args else EXIT_USAGE

@@ -125,6 +125,7 @@ def test_completion_install_registers_the_program(tmp_path):
 
     assert result.returncode == 0
     assert "complete -o nospace -o default -F hydra_bash_completion" in result.stdout
+    assert result.stdout.rstrip().endswith("-F hydra_bash_completion experiments")
 
 
 def test_completion_offers_commands(tmp_path):
