@@ -67,9 +67,10 @@ def _resolve_entry(entry: str, storage: StorageConfig) -> DatasetItem:
 
     path = _locate(candidate)
     if path is None:
+        folders = sorted({str(Path.cwd()), str(PROJECT_ROOT)})
+        where = "" if candidate.is_absolute() else f" (looked in {' and '.join(folders)})"
         raise DatasetError(
-            f"Dataset file {entry!r} does not exist (looked in {Path.cwd()} and "
-            f"{PROJECT_ROOT}); fix dataset.files or create the file."
+            f"Dataset file {entry!r} does not exist{where}; fix dataset.files or create the file."
         )
     if not path.is_file():
         raise DatasetError(f"Dataset entry {entry!r} is not a file: {path}.")

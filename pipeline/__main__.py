@@ -1,4 +1,4 @@
-"""Command line of the pipeline package: ``python -m pipeline run VIDEO``.
+"""Command line of the pipeline package: python -m pipeline run VIDEO.
 
 ``run`` starts every function on loopback, runs the chain once on VIDEO and prints the
 transcripts, the detections and a per-stage timing table. It exits 0 on success, 1 when a
@@ -23,7 +23,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Run the VideoSearcher chain once on a video, with every function on loopback.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the whole chain once on a video file")
     run.add_argument("video", type=Path, help="path of the video (or audio) file")
@@ -132,7 +135,8 @@ def run_command(args: argparse.Namespace) -> int:
             summary = chain.run(video.resolve(), request_id)
             wall_s = time.perf_counter() - start
     except ChainRunError as exc:
-        print(f"error: the chain failed: {exc}", file=sys.stderr)
+        # The stage names its copy of the video in the store; say which file that was.
+        print(f"error: the chain failed on {video}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
