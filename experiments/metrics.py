@@ -12,6 +12,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -24,11 +25,19 @@ logger = logging.getLogger(__name__)
 
 # The tables' columns are those of the rows the load writes.
 REPLICA_COLUMNS = TIMELINE_COLUMNS
+# Invocation columns that tables written before the load recorded retries do not have, with
+# the value a missing one takes: one attempt means no retry, and no throttling is known.
+OPTIONAL_INVOCATION_COLUMNS: dict[str, float] = {"attempts": 1.0, "throttled_ms": math.nan}
+REQUIRED_INVOCATION_COLUMNS = tuple(
+    column for column in INVOCATION_COLUMNS if column not in OPTIONAL_INVOCATION_COLUMNS
+)
 
 PERCENTILES = (50, 90, 95, 99)
 UNKNOWN_ERROR_KIND = "unknown"
 DEFAULT_SAMPLE_INTERVAL_S = 1.0
 MB_PER_GB = 1024.0
+SECONDS_PER_HOUR = 3600.0
+REQUESTS_PER_COST_UNIT = 1000
 
 _BAD_KEY_CHARS = re.compile(r"[^\w./\- ]")
 
@@ -56,12 +65,14 @@ def compute_metrics(
     prices: PriceSheet,
     load_duration_s: float,
 ) -> dict[str, float]:
-    """Compute latency, throughput, error, cold-start and cost metrics of one run.
+    """Compute latency, throughput, error, retry, cold-start and cost metrics of one run.
 
     ``requests`` contains load-phase requests only (warm-up calls are excluded before this
     point). ``memory_mb_by_function`` is the configured memory per function in MiB; it wins
     over the ``memory_limit_mb`` the replicas reported, because the configured size is what
     a platform bills. ``load_duration_s`` is the wall time of the load phase in seconds.
+    ``throttled_ms_total`` is computed only when ``invocations`` has a ``throttled_ms``
+    column; a missing ``attempts`` column counts every invocation as one attempt.
 
     Raises:
         MetricsInputError: a table misses a column, or ``load_duration_s`` is not positive.
@@ -70,6 +81,7 @@ def compute_metrics(
         raise MetricsInputError(
             f"load_duration_s must be a positive number of seconds, got {load_duration_s!r}."
         )
+    has_throttled = invocations is not None and "throttled_ms" in invocations.columns
     requests = normalize_requests(requests)
     invocations = normalize_invocations(invocations)
     replicas = normalize_replicas(replicas)
@@ -77,12 +89,15 @@ def compute_metrics(
     metrics: dict[str, float] = {"load_duration_s": float(load_duration_s)}
     metrics.update(_request_metrics(requests, load_duration_s))
     metrics.update(_stage_metrics(invocations))
+    metrics.update(_retry_metrics(invocations, has_throttled=has_throttled))
     metrics.update(_cold_start_metrics(requests, invocations))
+    metrics.update(_replica_start_metrics(replicas))
     metrics.update(
         _cost_metrics(
             invocations, replicas, memory_mb_by_function=memory_mb_by_function, prices=prices
         )
     )
+    metrics.update(_normalized_cost_metrics(metrics))
     return {key: value for key, value in metrics.items() if math.isfinite(value)}
 
 
@@ -98,8 +113,17 @@ def normalize_requests(requests: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def normalize_invocations(invocations: pd.DataFrame | None) -> pd.DataFrame:
-    """Check the invocation table's columns and coerce ``cold_start`` to bool."""
-    frame = _with_columns(invocations, INVOCATION_COLUMNS, "invocations")
+    """Check the invocation table's columns, coerce ``cold_start`` to bool and numbers to float.
+
+    ``attempts`` and ``throttled_ms`` are optional: a missing or empty ``attempts`` is 1 (no
+    retry), and a missing ``throttled_ms`` column is added as NaN.
+    """
+    frame = _with_columns(invocations, REQUIRED_INVOCATION_COLUMNS, "invocations")
+    for column, default in OPTIONAL_INVOCATION_COLUMNS.items():
+        if column not in frame.columns:
+            frame[column] = default
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame["attempts"] = frame["attempts"].fillna(1.0).clip(lower=1.0)
     frame["cold_start"] = _as_bool(frame["cold_start"])
     for column in ("started_at", "duration_ms", "compute_ms", "init_ms", "memory_limit_mb"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
@@ -139,15 +163,34 @@ def replica_gb_s(replicas: pd.DataFrame, memory_mb: float) -> float:
     Each count is held until the next sample. The last one is held for the median sampling
     interval, or 1 s when there is a single sample.
     """
+    counts, held_s = held_counts(replicas)
+    return float((counts * held_s).sum() * memory_mb / MB_PER_GB)
+
+
+def held_counts(replicas: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Return one function's replica counts in time order and how long each is held, in s.
+
+    Each count is held until the next sample, and the last one for the median sampling
+    interval (1 s with a single sample). Samples without a time or a count are dropped.
+    """
     timeline = replicas.dropna(subset=["t_s", "replicas"]).sort_values("t_s")
     if timeline.empty:
-        return 0.0
+        return np.array([]), np.array([])
     times = timeline["t_s"].to_numpy(dtype=float)
     counts = timeline["replicas"].clip(lower=0).to_numpy(dtype=float)
     gaps = np.diff(times)
     last_gap = float(np.median(gaps)) if gaps.size else DEFAULT_SAMPLE_INTERVAL_S
-    held_s = np.append(gaps, last_gap)
-    return float((counts * held_s).sum() * memory_mb / MB_PER_GB)
+    return counts, np.append(gaps, last_gap)
+
+
+def replica_starts(replicas: pd.DataFrame) -> int:
+    """Count replica starts of one function: the sum of the count's rises between samples.
+
+    Only the net change between two samples is seen, so a replica that starts and exits
+    between them is missed, and so is one that replaces a replica exiting in that interval.
+    """
+    counts, _held_s = held_counts(replicas)
+    return int(np.clip(np.diff(counts), 0, None).sum()) if counts.size else 0
 
 
 def _request_metrics(requests: pd.DataFrame, load_duration_s: float) -> dict[str, float]:
@@ -188,6 +231,16 @@ def _stage_metrics(invocations: pd.DataFrame) -> dict[str, float]:
     return metrics
 
 
+def _retry_metrics(invocations: pd.DataFrame, *, has_throttled: bool) -> dict[str, float]:
+    retries = invocations["attempts"] - 1
+    metrics: dict[str, float] = {"retries_total": float(retries.sum())}
+    for stage, stage_retries in retries.groupby(invocations["stage"], sort=True):
+        metrics[metric_key("stage", stage, "retries")] = float(stage_retries.sum())
+    if has_throttled:
+        metrics["throttled_ms_total"] = float(invocations["throttled_ms"].fillna(0).sum())
+    return metrics
+
+
 def _cold_start_metrics(requests: pd.DataFrame, invocations: pd.DataFrame) -> dict[str, float]:
     metrics: dict[str, float] = {"cold_starts_total": float(invocations["cold_start"].sum())}
     for stage, rows in invocations.groupby("stage", sort=True):
@@ -211,6 +264,14 @@ def _cold_start_metrics(requests: pd.DataFrame, invocations: pd.DataFrame) -> di
     return metrics
 
 
+def _replica_start_metrics(replicas: pd.DataFrame) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for function, timeline in replicas.groupby("function", sort=True):
+        metrics[metric_key("replica_starts", function)] = float(replica_starts(timeline))
+    metrics["replica_starts_total"] = float(sum(metrics.values()))
+    return metrics
+
+
 def _cost_metrics(
     invocations: pd.DataFrame,
     replicas: pd.DataFrame,
@@ -224,31 +285,74 @@ def _cost_metrics(
         busy_s = rows["duration_ms"].fillna(0).clip(lower=0).sum() / 1000.0
         busy_by_function[stage] = float(busy_s * memory_mb / MB_PER_GB)
 
-    kept_gb_s = 0.0
-    idle_gb_s = 0.0
-    for function, timeline in replicas.groupby("function", sort=True):
-        reported = invocations.loc[invocations["stage"] == function, "memory_limit_mb"]
-        kept = replica_gb_s(timeline, _memory_mb(function, memory_mb_by_function, reported))
-        kept_gb_s += kept
-        idle_gb_s += max(kept - busy_by_function.get(function, 0.0), 0.0)
-
+    kept = _kept_replicas(invocations, replicas, busy_by_function, memory_mb_by_function)
     busy_gb_s = sum(busy_by_function.values())
     metrics = {metric_key("stage", stage, "busy_gb_s"): v for stage, v in busy_by_function.items()}
     cost_requests = prices.requests_usd(len(invocations))
     cost_busy = prices.busy_usd(busy_gb_s)
-    cost_idle = prices.idle_usd(idle_gb_s)
+    cost_idle = prices.idle_usd(kept.idle_gb_s)
+    kept_usd_per_gb_hour = prices.provisioned_usd_per_gb_s * SECONDS_PER_HOUR
     metrics.update(
         {
             "busy_gb_s": busy_gb_s,
-            "kept_gb_s": kept_gb_s,
-            "idle_gb_s": idle_gb_s,
+            "kept_gb_s": kept.gb_s,
+            "idle_gb_s": kept.idle_gb_s,
             "cost_requests_usd": cost_requests,
             "cost_busy_usd": cost_busy,
             "cost_idle_usd": cost_idle,
             "cost_total_usd": cost_requests + cost_busy + cost_idle,
+            "cost_window_s": kept.window_s,
+            "kept_usd_per_hour": kept.mean_gb * kept_usd_per_gb_hour,
+            "standing_usd_per_hour": kept.standing_gb * kept_usd_per_gb_hour,
         }
     )
     return metrics
+
+
+@dataclass
+class _KeptReplicas:
+    """Replica memory of a run's timeline, summed over functions (1 GB = 1024 MiB)."""
+
+    gb_s: float = 0.0
+    idle_gb_s: float = 0.0
+    mean_gb: float = 0.0
+    standing_gb: float = 0.0
+    window_s: float = 0.0
+
+
+def _kept_replicas(
+    invocations: pd.DataFrame,
+    replicas: pd.DataFrame,
+    busy_by_function: Mapping[str, float],
+    memory_mb_by_function: Mapping[str, int],
+) -> _KeptReplicas:
+    """Integrate each function's timeline: kept and idle GB-s, time-weighted mean and minimum GB.
+
+    The window is the longest function timeline, each last sample held as in
+    :func:`held_counts`.
+    """
+    kept = _KeptReplicas()
+    for function, timeline in replicas.groupby("function", sort=True):
+        reported = invocations.loc[invocations["stage"] == function, "memory_limit_mb"]
+        memory_gb = _memory_mb(function, memory_mb_by_function, reported) / MB_PER_GB
+        counts, held_s = held_counts(timeline)
+        if not counts.size:
+            continue
+        function_gb_s = float((counts * held_s).sum() * memory_gb)
+        kept.gb_s += function_gb_s
+        kept.idle_gb_s += max(function_gb_s - busy_by_function.get(function, 0.0), 0.0)
+        kept.mean_gb += function_gb_s / float(held_s.sum())
+        kept.standing_gb += float(counts.min()) * memory_gb
+        kept.window_s = max(kept.window_s, float(held_s.sum()))
+    return kept
+
+
+def _normalized_cost_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Price the window's cost per 1000 successful requests, when any request succeeded."""
+    ok = metrics.get("requests_ok", 0.0)
+    if ok <= 0:
+        return {}
+    return {"cost_per_1k_requests_usd": metrics["cost_total_usd"] / ok * REQUESTS_PER_COST_UNIT}
 
 
 def _memory_mb(function: str, configured: Mapping[str, int], reported: pd.Series) -> float:

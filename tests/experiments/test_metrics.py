@@ -216,6 +216,91 @@ def test_costs_follow_price_sheet():
     assert metrics["cost_total_usd"] == pytest.approx(4e-6 + 2.0 + 1.5)
 
 
+def test_cost_per_1k_requests_divides_by_successes():
+    invocations = invocations_table([("asr", 1000.0, False, "ok")] * 4)
+    requests = requests_table([1.0, 2.0, 3.0, 4.0, 5.0], ok=[True, True, True, True, False])
+
+    metrics = compute(requests, invocations, replicas_table("asr", [1] * 10), {"asr": 1024})
+
+    assert metrics["cost_per_1k_requests_usd"] == pytest.approx(
+        metrics["cost_total_usd"] / 4 * 1000
+    )
+
+
+def test_cost_per_1k_requests_omitted_without_success():
+    requests = requests_table([1.0, 2.0], ok=[False, False])
+
+    metrics = compute(requests, invocations_table([("asr", 1000.0, False, "error")]))
+
+    assert "cost_per_1k_requests_usd" not in metrics
+    assert metrics["cost_total_usd"] > 0
+
+
+def test_kept_and_standing_cost_per_hour():
+    replicas = pd.concat(
+        [replicas_table("asr", [1, 3, 3, 1]), replicas_table("librosa", [2, 2, 2, 2])]
+    )
+    prices = PriceSheet(provisioned_usd_per_gb_s=1.0)
+
+    metrics = compute_metrics(
+        requests_table([1.0]),
+        pd.DataFrame(),
+        replicas,
+        memory_mb_by_function={"asr": 1024, "librosa": 512},
+        prices=prices,
+        load_duration_s=4.0,
+    )
+
+    # Time-weighted mean: asr 2 replicas x 1 GiB, librosa 2 x 0.5 GiB; minimum: 1 + 1 GiB.
+    assert metrics["cost_window_s"] == pytest.approx(4.0)
+    assert metrics["kept_usd_per_hour"] == pytest.approx(3.0 * 3600)
+    assert metrics["standing_usd_per_hour"] == pytest.approx(2.0 * 3600)
+
+
+def test_scale_to_zero_timeline_has_no_standing_cost():
+    replicas = replicas_table("asr", [0, 2, 2, 0])
+
+    metrics = compute(requests_table([1.0]), None, replicas, {"asr": 1024})
+
+    assert metrics["standing_usd_per_hour"] == 0.0
+    assert metrics["kept_usd_per_hour"] > 0
+
+
+def test_replica_starts_count_rises_of_the_timeline():
+    replicas = pd.concat(
+        [replicas_table("asr", [0, 2, 1, 3, 0]), replicas_table("librosa", [1, 1, 1])]
+    )
+
+    metrics = compute(requests_table([1.0]), None, replicas)
+
+    assert metrics["replica_starts.asr"] == 4
+    assert metrics["replica_starts.librosa"] == 0
+    assert metrics["replica_starts_total"] == 4
+
+
+def test_retries_counted_from_attempts():
+    invocations = invocations_table(
+        [("asr", 10.0, False, "ok"), ("asr", 10.0, False, "ok"), ("librosa", 10.0, False, "ok")]
+    ).assign(attempts=[3, 1, 2], throttled_ms=[150.0, np.nan, 40.0])
+
+    metrics = compute(requests_table([1.0]), invocations)
+
+    assert metrics["retries_total"] == 3
+    assert metrics["stage.asr.retries"] == 2
+    assert metrics["stage.librosa.retries"] == 1
+    assert metrics["throttled_ms_total"] == pytest.approx(190.0)
+
+
+def test_missing_attempts_column_means_no_retry():
+    invocations = invocations_table([("asr", 10.0, False, "ok")])
+
+    metrics = compute(requests_table([1.0]), invocations)
+
+    assert metrics["retries_total"] == 0
+    assert metrics["stage.asr.retries"] == 0
+    assert "throttled_ms_total" not in metrics
+
+
 def test_every_request_failed_still_yields_metrics():
     requests = requests_table(
         [np.nan, np.nan, 30000.0],
