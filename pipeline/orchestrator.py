@@ -11,11 +11,15 @@ calls are in flight for one request, across all clips and frames.
 
 The output is the summary ``{request_id, status, transcripts, detections, invocations, error,
 notes}``. ``invocations`` contains the telemetry of every stage call, failed ones included, with
-``extra.call_ms`` (the round trip seen by the orchestrator) and the clip and frame indices.
+``extra.call_ms`` (the round trip seen by the orchestrator), ``extra.attempts`` and
+``extra.throttled_ms`` (retries of busy replies, see :class:`OrchestratorConfig`) and the clip
+and frame indices.
 The progress of each step is written to ``requests/<request_id>/state.json`` as it changes,
 so a failed request keeps what finished. When a stage fails, the calls still running are
 cancelled, and the request fails with the stage, its input and the cause. The error
-response then carries the summary so far as its ``output``.
+response then carries the summary so far as its ``output``. A stage that replies 429 or 503
+(every replica busy) is retried until ``retry_deadline_s``, so a burst larger than the
+stage's replicas waits for a free one instead of failing.
 
 Inputs without speech (no audio track, or silence) give an ``ok`` summary with no clips, so
 no transcripts and no detections, and a note saying why.
@@ -56,20 +60,40 @@ class OrchestratorConfig:
     max_parallel: int = 4
     """Stage calls in flight at once for one request, across clips and frames."""
     call_timeout_s: float = 300.0
-    retries_on_429: int = 5
-    """Retries of a call that got 429 or 503 (replica full or draining) before it fails."""
+    retry_deadline_s: float = 120.0
+    """Time a stage call keeps retrying replies of 429 or 503 (every replica busy or
+    draining), counted from its first attempt and capped at ``call_timeout_s``. 0 disables
+    retries, so the first busy reply fails the request."""
     retry_backoff_s: float = 0.25
+    """Wait before the first retry; it doubles on each retry up to ``max_retry_backoff_s``."""
     max_retry_backoff_s: float = 4.0
+    retry_jitter: float = 0.5
+    """Largest fraction of each wait that is cut at random, so rejected calls spread out."""
 
     def __post_init__(self) -> None:
         if self.max_parallel < 1:
             raise ValueError(f"max_parallel must be 1 or more, not {self.max_parallel}.")
         if self.call_timeout_s <= 0:
             raise ValueError(f"call_timeout_s must be positive, not {self.call_timeout_s}.")
-        if self.retries_on_429 < 0:
-            raise ValueError(f"retries_on_429 must be 0 or more, not {self.retries_on_429}.")
-        if self.retry_backoff_s < 0 or self.max_retry_backoff_s < 0:
-            raise ValueError("retry_backoff_s and max_retry_backoff_s must not be negative.")
+        if self.retry_deadline_s < 0:
+            raise ValueError(
+                f"retry_deadline_s must be 0 (no retries) or more, not {self.retry_deadline_s}."
+            )
+        if self.retry_backoff_s <= 0 or self.max_retry_backoff_s < self.retry_backoff_s:
+            raise ValueError(
+                f"retry_backoff_s ({self.retry_backoff_s}) must be above 0 and at most "
+                f"max_retry_backoff_s ({self.max_retry_backoff_s})."
+            )
+        if not 0.0 <= self.retry_jitter <= 1.0:
+            raise ValueError(f"retry_jitter must be between 0 and 1, not {self.retry_jitter}.")
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            deadline_s=self.retry_deadline_s,
+            backoff_s=self.retry_backoff_s,
+            max_backoff_s=self.max_retry_backoff_s,
+            jitter=self.retry_jitter,
+        )
 
 
 class ChainFailedError(InvocationError):
@@ -388,11 +412,7 @@ class OrchestratorStage(Stage[OrchestratorConfig]):
         return asyncio.run(self.run_chain(invocation.request_id, video, invocation.store))
 
     async def run_chain(self, request_id: str, video: str, store: ArtifactStore) -> dict[str, Any]:
-        retry = RetryPolicy(
-            retries=self.config.retries_on_429,
-            backoff_s=self.config.retry_backoff_s,
-            max_backoff_s=self.config.max_retry_backoff_s,
-        )
+        retry = self.config.retry_policy()
         limits = httpx.Limits(max_connections=self.config.max_parallel * 2)
         async with httpx.AsyncClient(limits=limits) as http:
             client = FunctionClient(

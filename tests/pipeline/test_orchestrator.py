@@ -1,14 +1,16 @@
 """The orchestrator as a real function process, calling scripted stage processes over HTTP.
 
 The scripted stages return made-up URIs at once, so these tests check the chain's
-order, fan-out, bounded concurrency, retries on 429, failures and state.json without
-running the engines (``test_chain.py`` runs the real stages).
+order, fan-out, bounded concurrency, retries on 429 until a deadline, failures and
+state.json without running the engines (``test_chain.py`` runs the real stages).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ import httpx
 import pytest
 
 from pipeline.errors import MediaError
+from pipeline.orchestrator import OrchestratorConfig
+from pipeline.server.client import RetryPolicy
 from pipeline.server.gateway import LocalGateway
 from pipeline.server.process import FunctionProcess
 from pipeline.stages import STAGE_NAMES
@@ -27,6 +31,8 @@ from pipeline.store import LocalStore
 HERE = Path(__file__).resolve().parent
 CLIPS = 3
 FRAMES_PER_CLIP = 2
+SLOW_FFMPEG_2_S = 3.0
+"""How long ffmpeg-2 (max_inflight 1) occupies its one slot for an input containing ``slow-``."""
 STAGE_FUNCTIONS = [name for name in STAGE_NAMES if name != "orchestrator"]
 
 
@@ -40,7 +46,8 @@ class ScriptedStage(Stage[ScriptedConfig]):
     """Plays one stage of the chain with made-up outputs derived from its input.
 
     An input URI containing ``fail-<role>`` makes that role fail with a bad-input error, on
-    its index 1 for the per-clip and per-frame roles.
+    its index 1 for the per-clip and per-frame roles. One containing ``slow-`` makes
+    ffmpeg-2 take ``SLOW_FFMPEG_2_S`` per clip.
     """
 
     name = "scripted"
@@ -76,6 +83,8 @@ class ScriptedStage(Stage[ScriptedConfig]):
         if role == "ffmpeg-2":
             clip = require(request, "clip", role)
             self.maybe_fail(clip, require(request, "index", role, int))
+            if "slow-" in clip:
+                time.sleep(SLOW_FFMPEG_2_S)
             return {"wav": f"{clip}.wav", "small": f"{clip}.small.mp4", "has_video": True}
         if role == "asr":
             audio = require(request, "audio", role)
@@ -99,7 +108,8 @@ class ScriptedStage(Stage[ScriptedConfig]):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Scripted stages, two orchestrators (default, and no retries) and a gateway."""
+    """Scripted stages, three orchestrators (default, no retries, short retry deadline) and a
+    gateway."""
     tmp_path = tmp_path_factory.mktemp("orchestrator")
     store_env = {
         "VS_STORE": "local",
@@ -120,7 +130,13 @@ def cluster(tmp_path_factory):
             )
         orchestrators = {
             "orchestrator": {"max_parallel": 2},
-            "orchestrator-no-retry": {"max_parallel": 4, "retries_on_429": 0},
+            "orchestrator-no-retry": {"max_parallel": 4, "retry_deadline_s": 0},
+            "orchestrator-short-deadline": {
+                "max_parallel": 4,
+                "retry_deadline_s": 0.5,
+                "retry_backoff_s": 0.05,
+                "max_retry_backoff_s": 0.1,
+            },
         }
         for name, config in orchestrators.items():
             env = {**store_env, "VS_STAGE_CONFIG": json.dumps(config)}
@@ -204,9 +220,60 @@ def test_calls_stay_within_max_parallel(cluster):
 def test_busy_replica_is_retried(cluster):
     summary = run_chain(cluster, "ok.mp4", request_id="chain-retry").json()["output"]
 
-    attempts = [t["extra"]["attempts"] for t in summary["invocations"] if t["stage"] == "ffmpeg-2"]
+    calls = [t["extra"] for t in summary["invocations"] if t["stage"] == "ffmpeg-2"]
+    retried = [extra for extra in calls if extra["attempts"] > 1]
     assert summary["status"] == "ok"
-    assert max(attempts) > 1
+    assert retried
+    assert all(extra["throttled_ms"] > 0 for extra in retried)
+    assert all(extra["throttled_ms"] < extra["call_ms"] for extra in retried)
+    assert all(extra["throttled_ms"] == 0 for extra in calls if extra["attempts"] == 1)
+
+
+def test_busy_replica_past_deadline_fails_with_hint(cluster):
+    response = run_chain(
+        cluster, "slow-busy.mp4", function="orchestrator-short-deadline", request_id="chain-late"
+    )
+
+    body = response.json()
+    error = body["error"]
+    failed = [t for t in body["output"]["invocations"] if t["status"] != "ok"]
+    assert response.status_code == 500
+    assert error["kind"] == "busy"
+    assert error["stage"] == "ffmpeg-2"
+    assert error["input"].endswith(".mp4")
+    assert f"for input {error['input']}" in error["message"]
+    assert re.search(r"ffmpeg-2 stayed busy .*: \d+ attempt\(s\) over \d+\.\d s", error["message"])
+    assert "pipeline.functions.ffmpeg-2.max_inflight" in error["message"]
+    assert "regime.max_replicas" in error["message"]
+    assert "retry_deadline_s" in error["message"]
+    assert failed[0]["extra"]["attempts"] > 1
+    assert failed[0]["extra"]["throttled_ms"] >= 500
+
+
+def test_retry_delay_stays_within_cap():
+    policy = RetryPolicy(deadline_s=60, backoff_s=0.25, max_backoff_s=2.0, jitter=0.5)
+    rng = random.Random(7)
+
+    waits = [[policy.delay_s(retry, rng) for _ in range(200)] for retry in range(8)]
+
+    assert 0.125 <= min(waits[0]) < max(waits[0]) <= 0.25
+    assert 0.25 <= min(waits[1]) < max(waits[1]) <= 0.5
+    assert all(1.0 <= wait <= 2.0 for wait in waits[7])
+    assert RetryPolicy(jitter=0.0).delay_s(10_000, rng) == 4.0
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"retry_deadline_s": -1}, "retry_deadline_s must be 0"),
+        ({"retry_backoff_s": 0}, "retry_backoff_s .* must be above 0"),
+        ({"max_retry_backoff_s": 0.1}, "at most max_retry_backoff_s"),
+        ({"retry_jitter": 1.5}, "retry_jitter must be between 0 and 1"),
+    ],
+)
+def test_invalid_retry_settings_are_rejected(fields, message):
+    with pytest.raises(ValueError, match=message):
+        OrchestratorConfig(**fields)
 
 
 def test_busy_replica_fails_without_retries(cluster):
