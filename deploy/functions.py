@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import DeploymentInvalidError
-from deploy.models import FunctionDeployment
+from deploy.models import LABEL_SCALE_TARGET, FunctionDeployment
 from deploy.regimes import labels_for
 
 logger = logging.getLogger(__name__)
@@ -72,9 +72,12 @@ def deployments_from_config(
     ``VS_S3_ACCESS_KEY_FILE`` and ``VS_S3_SECRET_KEY_FILE``.
     ``functions`` restricts and orders the names; each must be in the config.
 
+    Every function gets the regime's ``com.openfaas.scale.*`` labels, except that a
+    function's own ``target_inflight`` (when set) replaces the regime's ``.target``.
+
     Raise :class:`DeploymentInvalidError` naming the function and field for a missing
-    function, a memory_mb or max_inflight that is not a positive integer, an invalid name,
-    or missing image or storage settings.
+    function, a memory_mb, max_inflight or target_inflight that is not a positive integer,
+    an invalid name, or missing image or storage settings.
     """
     if backend_kind not in BACKEND_KINDS:
         raise DeploymentInvalidError(
@@ -103,6 +106,9 @@ def deployments_from_config(
             "PYTHONUNBUFFERED": "1",
             **store_env,
         }
+        function_labels = dict(labels)
+        if spec["target_inflight"] is not None:
+            function_labels[LABEL_SCALE_TARGET] = str(spec["target_inflight"])
         memory = f"{spec['memory_mb']}Mi"
         env_process = ""
         if backend_kind == "local":
@@ -113,7 +119,7 @@ def deployments_from_config(
                 image=f"{image_prefix}-{name}:{image_tag}",
                 env_process=env_process,
                 env_vars=env_vars,
-                labels=dict(labels),
+                labels=function_labels,
                 annotations={
                     READY_PATH_ANNOTATION: "/_/ready",
                     HEALTH_PATH_ANNOTATION: "/_/health",
@@ -225,9 +231,13 @@ def _function_spec(specs: Any, name: str) -> dict[str, Any]:
             f"Function {name!r}: field 'config' must be a mapping of stage settings, got "
             f"{type(config).__name__}."
         )
+    target_inflight = None
+    if _get(spec, "target_inflight", f"pipeline.functions.{name}.target_inflight") is not None:
+        target_inflight = _positive_int(spec, name, "target_inflight")
     return {
         "memory_mb": _positive_int(spec, name, "memory_mb"),
         "max_inflight": _positive_int(spec, name, "max_inflight"),
+        "target_inflight": target_inflight,
         "config": dict(config),
     }
 

@@ -20,7 +20,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from deploy.regimes import RegimeConfig
+from deploy.errors import DeploymentInvalidError
+from deploy.regimes import RegimeConfig, validate_regime
 from experiments.errors import ConfigError
 from experiments.pricing import PriceSheet
 
@@ -92,6 +93,9 @@ class FunctionConfig:
 
     memory_mb: int = 1024
     max_inflight: int = 1
+    target_inflight: int | None = None
+    """In-flight requests per replica before the platform adds one
+    (``com.openfaas.scale.target``); None takes the regime's ``target_inflight``."""
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -228,7 +232,11 @@ def check_config(cfg: DictConfig) -> Config:
 
     Raises :class:`ConfigError` naming the key in these cases: a key no schema declares (such
     as one added with ``+``), a wrong type, a missing or unknown function, a stage config
-    field the stage does not know, or a workload value out of range.
+    field the stage does not know, a workload value out of range, or fields that contradict
+    each other (a regime's min_replicas or prescale_replicas above its max_replicas, a
+    function's target_inflight above its max_inflight), an empty image name part, or
+    storage=minio without its keys. So nothing is tracked or started for a config that
+    would fail later.
     """
     _reject_unknown_keys(cfg, "")
     try:
@@ -241,7 +249,9 @@ def check_config(cfg: DictConfig) -> Config:
     assert isinstance(config, Config)
 
     _check_ranges(config)
+    _check_regime(config)
     _check_functions(config.pipeline)
+    _check_deployment_fields(config)
     return config
 
 
@@ -352,7 +362,53 @@ def _check_functions(pipeline: PipelineConfig) -> None:
                 f"pipeline.functions.{name}.max_inflight must be greater than 0, "
                 f"got {function.max_inflight}."
             )
+        _check_target_inflight(name, function)
         check_stage_config(name, function.config)
+
+
+def _check_target_inflight(name: str, function: FunctionConfig) -> None:
+    target = function.target_inflight
+    if target is None:
+        return
+    if target <= 0:
+        raise ConfigError(
+            f"pipeline.functions.{name}.target_inflight must be greater than 0 or null "
+            f"(the regime's), got {target}."
+        )
+    if target > function.max_inflight:
+        # A replica rejects calls past max_inflight, so its load never reaches the target
+        # and the platform would not add replicas.
+        raise ConfigError(
+            f"pipeline.functions.{name}.target_inflight ({target}) is above its max_inflight "
+            f"({function.max_inflight}), so the function would never scale up; lower it or "
+            "raise max_inflight."
+        )
+
+
+def _check_regime(config: Config) -> None:
+    try:
+        validate_regime(config.regime)
+    except DeploymentInvalidError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _check_deployment_fields(config: Config) -> None:
+    """Reject what the deploy step would reject only after the run has started."""
+    for name in ("image_prefix", "image_tag"):
+        value = getattr(config.pipeline, name)
+        if not value.strip():
+            raise ConfigError(f"pipeline.{name} is empty; set it to a non-empty string.")
+    storage = config.storage
+    if isinstance(storage, MinioStorageConfig):
+        for key, env_name in (
+            ("access_key", "AWS_ACCESS_KEY_ID"),
+            ("secret_key", "AWS_SECRET_ACCESS_KEY"),
+        ):
+            if not getattr(storage, key):
+                raise ConfigError(
+                    f"storage.{key} is empty, but storage=minio needs it to upload the "
+                    f"dataset; set the environment variable {env_name} or storage.{key}=..."
+                )
 
 
 def check_stage_config(name: str, values: dict[str, Any]) -> None:

@@ -13,7 +13,9 @@ Steps, each logged at INFO:
 
 A repetition that fails or is interrupted is recorded with what it measured so far, as
 FAILED or KILLED, and its functions are torn down. A load in which every request failed is
-FAILED, with the error kinds in its tables and metrics.
+FAILED, with the error kinds in its tables and metrics. A load in which only some failed is
+FINISHED, because failures under load are a measurement, and one WARNING line gives the
+error rate and kinds.
 """
 
 from __future__ import annotations
@@ -51,9 +53,10 @@ from experiments.dataset import open_store, resolve_dataset, upload_dataset
 from experiments.errors import BackendError, ExperimentError, LoadError, TrackingError
 from experiments.load.driver import LocustProcesses
 from experiments.load.records import (
-    INVOCATION_COLUMNS,
+    INVOCATION_TABLE_COLUMNS,
     REQUEST_COLUMNS,
     TIMELINE_COLUMNS,
+    busy_stage,
     classify,
     invocation_rows,
 )
@@ -105,7 +108,7 @@ class Measurements:
     def invocations_table(self) -> pd.DataFrame:
         entries = [entry for row in self.rows for entry in invocation_rows(row)]
         frame = pd.DataFrame(entries)
-        return frame if len(frame) else pd.DataFrame(columns=list(INVOCATION_COLUMNS))
+        return frame if len(frame) else pd.DataFrame(columns=list(INVOCATION_TABLE_COLUMNS))
 
     def replicas_table(self) -> pd.DataFrame:
         frame = pd.DataFrame(self.replicas)
@@ -190,17 +193,46 @@ def _converted(exc: Exception) -> Exception:
 
 
 def _judge(measurements: Measurements) -> tuple[str, Exception | None]:
+    """Return the status of a finished load and its error.
+
+    Some failed requests are a measurement: the run is FINISHED, with one WARNING line that
+    gives the error rate and kinds. A load in which every request failed is FAILED.
+    """
     rows = measurements.rows
     if not rows:
         return JobStatus.FAILED, LoadError("The load sent no request; check locust.log.")
-    if any(row.get("ok") for row in rows):
+    failed = [row for row in rows if not row.get("ok")]
+    if not failed:
         return JobStatus.FINISHED, None
-    kinds = Counter(str(row.get("error_kind") or "unknown") for row in rows)
-    listed = ", ".join(f"{kind} x{count}" for kind, count in kinds.most_common())
-    first = next((row.get("error_message") for row in rows if row.get("error_message")), "")
-    message = f"All {len(rows)} requests failed ({listed}). First error: {first}"
+    message = failure_summary(rows, failed)
+    if len(failed) < len(rows):
+        logger.warning("%s", message)
+        return JobStatus.FINISHED, None
     logger.error("%s", message)
     return JobStatus.FAILED, LoadError(message)
+
+
+def failure_summary(rows: Sequence[dict[str, Any]], failed: Sequence[dict[str, Any]]) -> str:
+    """Describe the failed requests of a load in one line: rate, kinds, first error, hints."""
+    kinds = Counter(str(row.get("error_kind") or "unknown") for row in failed)
+    listed = ", ".join(f"{kind} x{count}" for kind, count in kinds.most_common())
+    first = next((row.get("error_message") for row in failed if row.get("error_message")), "")
+    if len(failed) == len(rows):
+        message = f"All {len(rows)} requests failed ({listed})."
+    else:
+        rate = 100.0 * len(failed) / len(rows)
+        message = f"{len(failed)} of {len(rows)} requests failed ({rate:.1f}%: {listed})."
+    busy = Counter(stage for stage in map(busy_stage, failed) if stage)
+    for stage, count in sorted(busy.items()):
+        message += (
+            f" {count} failed because every replica of {stage} stayed busy (HTTP 429 or 503) "
+            f"past the orchestrator's retry deadline; raise pipeline.functions.{stage}."
+            "max_inflight or regime.max_replicas, or pipeline.functions.orchestrator.config."
+            "retry_deadline_s."
+        )
+    if first:
+        message += f" First error: {first}"
+    return message
 
 
 def _run_repetition(

@@ -41,6 +41,14 @@ INVOCATION_COLUMNS = (
     "cost_gb_s",
     "status",
 )
+RETRY_COLUMNS: dict[str, int | float] = {"attempts": 1, "throttled_ms": 0.0}
+"""Invocation columns read from the orchestrator's ``extra`` telemetry, each with the value
+used when it is missing (the orchestrator's own row, runs of older versions). ``attempts``
+counts the HTTP calls made for one stage call, 1 meaning no retry. ``throttled_ms`` is the
+time lost to replies of 429 or 503 before the last attempt."""
+INVOCATION_TABLE_COLUMNS = INVOCATION_COLUMNS + tuple(RETRY_COLUMNS)
+"""Columns of the invocations table a run writes. Readers require only INVOCATION_COLUMNS,
+so tables written before the retry columns existed still load."""
 TIMELINE_COLUMNS = ("t_s", "function", "replicas", "available_replicas")
 
 KIND_TIMEOUT = "timeout"
@@ -48,6 +56,8 @@ KIND_CONNECTION = "connection"
 KIND_HTTP_5XX = "http_5xx"
 KIND_HTTP_4XX = "http_4xx"
 STAGE_FAILED_PREFIX = "stage_failed:"
+BUSY_STATUSES = frozenset({429, 503})
+"""HTTP statuses with which a platform rejects a call because every replica is busy."""
 MESSAGE_MAX_CHARS = 500
 
 
@@ -170,13 +180,35 @@ def request_row(
 
 
 def invocation_rows(row: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Return the invocations-table rows of one request row."""
+    """Return the invocations-table rows of one request row, retry columns included."""
     rows = []
     for item in row.get("invocations") or []:
         entry = {column: item.get(column) for column in INVOCATION_COLUMNS}
         entry["request_id"] = item.get("request_id") or row["request_id"]
+        extra = item.get("extra")
+        extra = extra if isinstance(extra, Mapping) else {}
+        for column, default in RETRY_COLUMNS.items():
+            value = extra.get(column)
+            entry[column] = type(default)(value) if isinstance(value, (int, float)) else default
         rows.append(entry)
     return rows
+
+
+def busy_stage(row: Mapping[str, Any]) -> str | None:
+    """Return the stage whose call failed because every replica stayed busy, or None.
+
+    That is a failed invocation whose last reply, as the orchestrator recorded it in
+    ``extra.http_status``, was 429 or 503.
+    """
+    if row.get("ok"):
+        return None
+    for item in row.get("invocations") or []:
+        extra = item.get("extra")
+        if not isinstance(extra, Mapping) or item.get("status") == "ok":
+            continue
+        if extra.get("http_status") in BUSY_STATUSES:
+            return str(item.get("stage") or "")
+    return None
 
 
 class JsonLinesTail:

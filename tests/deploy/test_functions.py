@@ -13,9 +13,15 @@ from omegaconf import OmegaConf
 
 from deploy.errors import DeploymentInvalidError
 from deploy.functions import deployments_from_config
-from deploy.models import LABEL_SCALE_MIN, LABEL_SCALE_ZERO, FunctionDeployment
+from deploy.models import (
+    LABEL_SCALE_MIN,
+    LABEL_SCALE_TARGET,
+    LABEL_SCALE_ZERO,
+    FunctionDeployment,
+)
 
 GATEWAY = "http://127.0.0.1:31112"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def make_config(**storage) -> dict:
@@ -198,6 +204,46 @@ def test_bad_max_inflight_names_function_and_field():
     cfg["pipeline"]["functions"]["orchestrator"]["max_inflight"] = 0
 
     with pytest.raises(DeploymentInvalidError, match="'orchestrator': field 'max_inflight'"):
+        deployments_from_config(cfg, gateway_url=GATEWAY)
+
+
+def test_function_target_replaces_regime_target():
+    cfg = make_config()
+    cfg["regime"]["target_inflight"] = 2
+    cfg["pipeline"]["functions"]["orchestrator"]["target_inflight"] = 8
+    cfg["pipeline"]["functions"]["ffmpeg-0"]["target_inflight"] = None
+
+    deployments = by_name(deployments_from_config(cfg, gateway_url=GATEWAY))
+
+    assert deployments["orchestrator"].labels[LABEL_SCALE_TARGET] == "8"
+    assert deployments["ffmpeg-0"].labels[LABEL_SCALE_TARGET] == "2"
+
+
+@pytest.mark.parametrize("option", ["default", "light"])
+def test_shipped_orchestrator_target_is_its_max_inflight(option):
+    cfg = OmegaConf.create(
+        {
+            "pipeline": OmegaConf.load(CONF_DIR / "pipeline" / f"{option}.yaml"),
+            "regime": OmegaConf.load(CONF_DIR / "regime" / "cold.yaml"),
+            "storage": {"kind": "local", "root": "runs/store"},
+        }
+    )
+
+    deployments = by_name(deployments_from_config(cfg, gateway_url=GATEWAY))
+
+    assert deployments["orchestrator"].labels[LABEL_SCALE_TARGET] == "8"
+    assert deployments["orchestrator"].env_vars["max_inflight"] == "8"
+    stages = [d for name, d in deployments.items() if name != "orchestrator"]
+    assert len(stages) == 7
+    assert {d.labels[LABEL_SCALE_TARGET] for d in stages} == {"1"}
+
+
+@pytest.mark.parametrize("target", [0, -1, "8", True])
+def test_bad_target_inflight_names_function_and_field(target):
+    cfg = make_config()
+    cfg["pipeline"]["functions"]["orchestrator"]["target_inflight"] = target
+
+    with pytest.raises(DeploymentInvalidError, match="'orchestrator': field 'target_inflight'"):
         deployments_from_config(cfg, gateway_url=GATEWAY)
 
 

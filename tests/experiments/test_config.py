@@ -74,7 +74,10 @@ def test_default_workload_is_short():
     assert config.workload.rate_per_s * config.workload.duration_s <= 10
 
 
-def test_group_options_have_their_own_schema():
+def test_group_options_have_their_own_schema(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "key-secret")
+
     burst = check_config(compose_config("workload=burst", "backend=openfaas", "storage=minio"))
 
     assert isinstance(burst.workload, BurstWorkloadConfig)
@@ -154,6 +157,7 @@ def test_missing_function_is_rejected():
         (["+load.workers=-1"], "load.workers must be 0"),
         (["pipeline.functions.asr.memory_mb=0"], "pipeline.functions.asr.memory_mb must be"),
         (["workload.kind=burst"], "choose workload=burst"),
+        (["pipeline.image_prefix=' '"], "pipeline.image_prefix is empty"),
     ],
 )
 def test_out_of_range_values_are_rejected(overrides, message):
@@ -172,3 +176,56 @@ def test_secrets_are_masked(monkeypatch):
     assert masked["backend"]["password"] == "***"
     assert "hunter2-secret" in secret_values(config)
     assert "hunter2-secret" not in str(masked)
+
+
+@pytest.mark.parametrize("option", ["default", "light"])
+def test_orchestrator_scales_on_its_own_target(option):
+    config = check_config(compose_config(f"pipeline={option}"))
+
+    functions = config.pipeline.functions
+    assert functions["orchestrator"].target_inflight == 8
+    assert functions["orchestrator"].max_inflight == 8
+    assert functions["orchestrator"].config["retry_deadline_s"] == 120.0
+    assert all(functions[name].target_inflight is None for name in FUNCTION_NAMES[:-1])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["regime.min_replicas=5"],
+            r"Regime 'warm': field 'min_replicas' \(5\) is above max_replicas \(4\)",
+        ),
+        (
+            ["regime=burst_ready", "regime.prescale_replicas=9"],
+            r"field 'prescale_replicas' \(9\) is above max_replicas",
+        ),
+        (["regime.cold_strategy=sometimes"], "'cold_strategy' is 'sometimes'"),
+        (
+            ["pipeline.functions.asr.target_inflight=2"],
+            r"pipeline.functions.asr.target_inflight \(2\) is above its max_inflight \(1\)",
+        ),
+        (
+            ["pipeline.functions.orchestrator.target_inflight=0"],
+            "pipeline.functions.orchestrator.target_inflight must be greater than 0",
+        ),
+        (
+            ["pipeline.functions.orchestrator.config.retry_deadline_s=-1"],
+            "retry_deadline_s must be 0",
+        ),
+    ],
+)
+def test_contradicting_fields_are_rejected(overrides, message):
+    cfg = compose_config(*overrides)
+
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+
+
+def test_minio_without_keys_is_rejected(monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "key-secret")
+    cfg = compose_config("storage=minio")
+
+    with pytest.raises(ConfigError, match="storage.access_key is empty.*AWS_ACCESS_KEY_ID"):
+        check_config(cfg)

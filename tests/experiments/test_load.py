@@ -12,7 +12,13 @@ from runner_fixtures import runtime_with_echo
 
 from experiments.errors import LoadError
 from experiments.load.driver import LocustProcesses
-from experiments.load.records import JsonLinesTail, classify, extract_invocations, invocation_rows
+from experiments.load.records import (
+    INVOCATION_TABLE_COLUMNS,
+    JsonLinesTail,
+    classify,
+    extract_invocations,
+    invocation_rows,
+)
 from experiments.load.schedule import ENV_LOAD_SPEC, LoadSpec, SlotCounter, shape_tick
 
 
@@ -169,6 +175,21 @@ def test_invocation_rows_keep_the_table_columns():
     assert rows[0]["stage"] == "asr"
     assert rows[0]["cold_start"] is False
     assert "duration_ms" in rows[0]
+    assert tuple(rows[0]) == INVOCATION_TABLE_COLUMNS
+
+
+def test_invocation_rows_carry_retry_counts():
+    retried = telemetry("asr", False)
+    retried["extra"] = {"attempts": 4, "throttled_ms": 1875.5, "call_ms": 2600.0}
+    row = {"request_id": "r1", "invocations": [retried, telemetry("orchestrator", False)]}
+
+    rows = invocation_rows(row)
+
+    assert rows[0]["attempts"] == 4
+    assert rows[0]["throttled_ms"] == 1875.5
+    assert rows[1]["attempts"] == 1
+    assert rows[1]["throttled_ms"] == 0.0
+    assert isinstance(rows[1]["attempts"], int)
 
 
 def test_tail_leaves_a_partial_line_for_later(tmp_path):

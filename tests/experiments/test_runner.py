@@ -18,7 +18,9 @@ from experiments.dataset import sanitised_name, upload_dataset
 from experiments.errors import BackendError, ConfigError, DatasetError
 from experiments.runner import (
     RUN_ID_FILE,
+    Measurements,
     PipelineWarmup,
+    _judge,
     _mask_saved_config,
     run_job,
     summary_table,
@@ -66,6 +68,25 @@ def test_missing_dataset_raises_before_tracking(tmp_path):
         run_job(cfg, tmp_path / "job")
 
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("regime.min_replicas=5", r"'min_replicas' \(5\) is above max_replicas \(4\)"),
+        ("regime.prescale_replicas=9", r"'prescale_replicas' \(9\) is above max_replicas"),
+    ],
+)
+def test_contradicting_regime_raises_before_tracking(tmp_path, override, message):
+    cfg = compose_job(tmp_path, override)
+
+    with pytest.raises(ConfigError, match=message):
+        run_job(cfg, tmp_path / "job")
+
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "job" / "runtime").exists()
+    assert not (tmp_path / "job" / RUN_ID_FILE).exists()
+    assert replica_processes(tmp_path) == []
 
 
 def test_empty_dataset_file_is_rejected(tmp_path):
@@ -237,3 +258,71 @@ def test_summary_table_lists_metrics_and_error_kinds():
 def test_backend_error_is_an_experiment_error():
     assert issubclass(BackendError, Exception)
     assert BackendError.__mro__[1].__name__ == "ExperimentError"
+
+
+def request(ok: bool, kind: str = "", busy_stage: str | None = None) -> dict:
+    """A request row; ``busy_stage`` makes its failed call one that stayed busy (HTTP 429)."""
+    invocations = [{"stage": "ffmpeg-0", "status": "ok", "extra": {"http_status": 200}}]
+    if busy_stage is not None:
+        invocations.append(
+            {"stage": busy_stage, "status": "rejected", "extra": {"http_status": 429}}
+        )
+    return {
+        "request_id": f"r-{kind or 'ok'}",
+        "ok": ok,
+        "error_kind": kind,
+        "error_message": f"{kind} message" if kind else "",
+        "invocations": invocations,
+    }
+
+
+def test_partial_failure_finishes_with_warning(caplog):
+    caplog.set_level(logging.WARNING, logger="experiments.runner")
+    rows = [
+        request(True),
+        request(True),
+        request(False, "stage_failed:asr", busy_stage="asr"),
+        request(False, "timeout"),
+    ]
+
+    status, error = _judge(Measurements(rows=rows))
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert status == "FINISHED"
+    assert error is None
+    assert len(warnings) == 1
+    assert "2 of 4 requests failed (50.0%: stage_failed:asr x1, timeout x1)" in warnings[0].message
+    assert "every replica of asr stayed busy" in warnings[0].message
+    assert "pipeline.functions.asr.max_inflight or regime.max_replicas" in warnings[0].message
+    assert "First error: stage_failed:asr message" in warnings[0].message
+
+
+def test_partial_failure_without_throttling_has_no_hint(caplog):
+    caplog.set_level(logging.WARNING, logger="experiments.runner")
+
+    status, _ = _judge(Measurements(rows=[request(True), request(False, "stage_failed:asr")]))
+
+    assert status == "FINISHED"
+    assert "1 of 2 requests failed" in caplog.text
+    assert "stayed busy" not in caplog.text
+
+
+def test_all_failed_is_a_failed_run(caplog):
+    caplog.set_level(logging.WARNING, logger="experiments.runner")
+    rows = [request(False, "stage_failed:asr", busy_stage="asr")] * 2
+
+    status, error = _judge(Measurements(rows=rows))
+
+    assert status == "FAILED"
+    assert "All 2 requests failed (stage_failed:asr x2)" in str(error)
+    assert "2 failed because every replica of asr stayed busy" in str(error)
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+
+
+def test_successful_load_logs_no_warning(caplog):
+    caplog.set_level(logging.WARNING, logger="experiments.runner")
+
+    status, error = _judge(Measurements(rows=[request(True)]))
+
+    assert (status, error) == ("FINISHED", None)
+    assert caplog.records == []
