@@ -78,7 +78,7 @@ def _redact_secret_overrides(args: Sequence[str]) -> None:
         key, sep, value = arg.partition("=")
         if sep and key.lstrip("+~").rsplit(".", 1)[-1] in SECRET_KEYS and value:
             secrets.add(value)
-            secrets.update(part for part in value.split(",") if part)
+            secrets.update(_override_values(arg, value))
     if not secrets:
         return
     ordered = sorted(secrets, key=len, reverse=True)
@@ -95,6 +95,24 @@ def _redact_secret_overrides(args: Sequence[str]) -> None:
         return record
 
     logging.setLogRecordFactory(masking_factory)
+
+
+def _override_values(arg: str, value: str) -> set[str]:
+    """Return each value an override can take: the elements of ``a,b`` or ``choice(a,b)``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    values = {part for part in value.split(",") if part}
+    try:
+        override = OverridesParser.create().parse_overrides([arg])[0]
+        if override.is_sweep_override():
+            values.update(override.sweep_string_iterator())
+        else:
+            values.add(str(override.value()))
+    except (HydraException, ValueError):
+        # Sweeps such as glob() need a config loader; the comma split above still applies.
+        pass
+    return {item for item in values if item}
 
 
 def run_command(args: Sequence[str], program: str = "experiments run") -> int:

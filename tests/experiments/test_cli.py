@@ -170,14 +170,17 @@ def test_sweep_with_failed_jobs_marks_parent_failed(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_secret_overrides_are_masked_everywhere(tmp_path):
+@pytest.mark.parametrize(
+    "sweep", ["first-secret,second-secret", "choice(first-secret,second-secret)"]
+)
+def test_secret_overrides_are_masked_everywhere(tmp_path, sweep):
     result = run_cli(
         tmp_path,
         "run",
         "-m",
         "backend=openfaas",
         f"backend.url=http://127.0.0.1:{closed_port()}",
-        "backend.password=first-secret,second-secret",
+        f"backend.password={sweep}",
     )
 
     leaked = [
