@@ -26,6 +26,7 @@ KNOWN_REGIMES = ("cold", "warm", "burst_ready")
 PANEL_WIDTH_IN = 5.0
 PANEL_HEIGHT_IN = 3.6
 DPI = 100
+COST_PER_1K_METRIC = "cost_per_1k_requests_usd"
 
 
 def figure_png(fig: Figure) -> bytes:
@@ -200,27 +201,29 @@ def cold_starts_by_stage(cold_starts: pd.DataFrame) -> Figure:
 
 
 def cost_vs_latency(runs: pd.DataFrame) -> Figure:
-    """Plot each run's priced cost against its p95 latency (the cost/latency trade-off).
+    """Plot each run's cost per 1000 requests against its p95 latency (the RQ3 trade-off).
 
-    ``runs`` has columns regime, workload, latency_p95_ms and cost_total_usd; runs without a
-    p95 (no successful request) are left out.
+    ``runs`` has columns regime, workload, latency_p95_ms and cost_per_1k_requests_usd;
+    runs without either (no successful request) are left out. Cost per request is drawn,
+    not the window cost, because regimes whose load windows differ in length would
+    otherwise differ in cost for that reason alone.
     """
     fig, panels = _workload_panels(runs)
     colors = regime_colors(runs["regime"])
     for workload, ax in panels.items():
         rows = runs[(runs["workload"] == workload)].dropna(
-            subset=["latency_p95_ms", "cost_total_usd"]
+            subset=["latency_p95_ms", COST_PER_1K_METRIC]
         )
         for regime in regime_order(rows["regime"]):
             points = rows[rows["regime"] == regime]
             ax.scatter(
                 points["latency_p95_ms"],
-                points["cost_total_usd"],
+                points[COST_PER_1K_METRIC],
                 color=colors[regime],
                 label=regime,
             )
         ax.set_xlabel("p95 latency (ms)")
-        ax.set_ylabel("cost per run (USD)")
+        ax.set_ylabel("cost per 1000 successful requests (USD)")
         ax.set_title(f"workload {workload}")
         _legend(ax)
     return fig

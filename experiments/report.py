@@ -31,6 +31,7 @@ from scipy import stats
 
 from experiments import plots
 from experiments.metrics import (
+    REQUESTS_PER_COST_UNIT,
     normalize_invocations,
     normalize_replicas,
     normalize_requests,
@@ -54,6 +55,9 @@ SEED_PARAM = "seed"
 REPEAT_PARAM = "repeat_index"
 REPORT_ARTIFACT_DIR = "report"
 CI_PERCENTILES = (95, 99)
+# Below this many successful requests a group's p95 and p99 both fall between its two
+# largest latencies (numpy's linear interpolation), so they say little beyond the max.
+MIN_REQUESTS_FOR_TAIL = 20
 CONFIDENCE_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_BATCH = 100
@@ -64,6 +68,22 @@ WARMUP_RULE = (
     "are not in the request table: every latency, error and cold-start figure counts "
     "load-phase requests only. Cost counts the replicas kept during the load phase."
 )
+COST_WINDOW_RULE = (
+    "Cost covers each run's load window only (cost_window_s: the span of the replica "
+    "timeline, sampled from the start of the load until it ended), so a regime whose "
+    "requests take longer pays for a longer window. Priced: every function invocation at the request "
+    "price, busy GB-s at the duration price, and idle GB-s of the replicas kept in the "
+    "window at the provisioned price. Not priced: warm-up calls, replicas kept before or "
+    "after the window (a warm regime keeps paying standing_usd_per_hour when no load "
+    "comes), storage and data transfer, the free tier. Compare regimes by "
+    "cost_per_1k_requests_usd and the USD per hour figures, not by the window cost."
+)
+# Params that differ between the repetitions of one group by design, or name a run's own
+# folder; every other differing param means the group pools different experiments.
+PER_RUN_PARAMS = frozenset({SEED_PARAM, REPEAT_PARAM, "repeat", REGIME_PARAM, WORKLOAD_PARAM})
+PER_RUN_PARAM_PREFIXES = ("hydra.",)
+PER_RUN_PARAM_SUFFIXES = ("output_dir",)
+MAX_VALUES_SHOWN = 3
 
 _RUN_ID = re.compile(r"^[0-9a-zA-Z_-]{1,64}$")
 
@@ -74,7 +94,11 @@ class ReportError(TrackingError):
 
 @dataclass
 class SweepData:
-    """The runs of one sweep with their tables, each row tagged with run_id/regime/workload."""
+    """The runs of one sweep with their tables, each row tagged with run_id/regime/workload.
+
+    ``runs`` and the tables hold only runs that recorded at least one request; the others
+    are in ``left_out``. ``params`` maps each run id of ``runs`` to its MLflow params.
+    """
 
     title: str
     tracking_uri: str
@@ -84,6 +108,8 @@ class SweepData:
     invocations: pd.DataFrame
     replicas: pd.DataFrame
     missing_tables: list[str] = field(default_factory=list)
+    left_out: pd.DataFrame = field(default_factory=pd.DataFrame)
+    params: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def build_report(
@@ -111,13 +137,16 @@ def build_report(
     figures = report_figures(data, tables)
     for name, table in tables.items():
         table.to_csv(folder / f"{name}.csv", index=False)
+    data.left_out.to_csv(folder / "left_out.csv", index=False)
     (folder / "metrics.md").write_text(to_markdown(tables["metrics_by_group"]), encoding="utf-8")
     figure_dir = folder / "figures"
     figure_dir.mkdir(exist_ok=True)
     for name, png in figures.items():
         (figure_dir / f"{name}.png").write_bytes(png)
     html_path = folder / "report.html"
-    html_path.write_text(render_html(data, tables, figures, WARMUP_RULE), encoding="utf-8")
+    notes = sweep_notes(data, tables)
+    page = render_html(data, tables, figures, WARMUP_RULE, COST_WINDOW_RULE, notes)
+    html_path.write_text(page, encoding="utf-8")
     logger.info("Report of %s written to %s", data.title, folder)
 
     if data.parent_run_id:
@@ -173,16 +202,93 @@ def load_sweep(
 
     run_table = _run_table(runs)
     requests, invocations, replicas, missing = _load_tables(client, run_table)
+    measured = _measured(run_table, requests)
+    left_out = run_table.loc[~measured, _RUN_COLUMNS[:5]].reset_index(drop=True)
+    if len(left_out):
+        logger.warning(
+            "Left %d run(s) without requests out of the report: %s",
+            len(left_out),
+            ", ".join(left_out["run_name"].astype(str)),
+        )
+    kept_ids = set(run_table.loc[measured, "run_id"])
+    # A run without requests is expected to have no tables; it is listed as left out instead.
+    missing_tables = [label for label, run_id in missing if run_id in kept_ids]
+    if missing_tables:
+        logger.warning(
+            "Report built without %d tables: %s", len(missing_tables), "; ".join(missing_tables)
+        )
     return SweepData(
         title=title,
         tracking_uri=tracking_uri,
         parent_run_id=parent_run_id,
-        runs=run_table,
-        requests=requests,
-        invocations=invocations,
-        replicas=replicas,
-        missing_tables=missing,
+        runs=run_table[measured].reset_index(drop=True),
+        requests=_of_runs(requests, kept_ids),
+        invocations=_of_runs(invocations, kept_ids),
+        replicas=_of_runs(replicas, kept_ids),
+        missing_tables=missing_tables,
+        left_out=left_out,
+        params={
+            run.info.run_id: dict(run.data.params) for run in runs if run.info.run_id in kept_ids
+        },
     )
+
+
+def differing_params(data: SweepData) -> dict[tuple[str, str], dict[str, list[str]]]:
+    """Find the params whose values differ between the runs of each regime and workload.
+
+    Returns, per group that pools different settings, each differing key with its sorted
+    distinct values (a run without the key contributes ``"(unset)"``). Seeds, repetition
+    indices and run folders (:data:`PER_RUN_PARAMS` and the prefixes and suffixes next to
+    it) are expected to differ and are ignored.
+    """
+    found: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for (regime, workload), group in _groups(data.runs):
+        params = [data.params.get(run_id, {}) for run_id in group["run_id"]]
+        keys = sorted({key for run_params in params for key in run_params})
+        differing = {}
+        for key in keys:
+            if _is_per_run_param(key):
+                continue
+            values = {run_params.get(key, "(unset)") for run_params in params}
+            if len(values) > 1:
+                differing[key] = sorted(values)
+        if differing:
+            found[(str(regime), str(workload))] = differing
+    return found
+
+
+def sweep_notes(data: SweepData, tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Return the warnings a reader needs before trusting the comparison, one line each.
+
+    They name the runs left out for having no request, the groups that pool runs with
+    different params, and the groups with fewer than :data:`MIN_REQUESTS_FOR_TAIL`
+    successful requests.
+    """
+    notes = []
+    if len(data.left_out):
+        listed = "; ".join(
+            f"{row.run_name} ({row.run_id}, {row.status}, {row.regime} / {row.workload})"
+            for row in data.left_out.itertuples()
+        )
+        notes.append(
+            f"Runs left out (no request recorded, so not counted in N nor pooled): {listed}."
+        )
+    for (regime, workload), differing in differing_params(data).items():
+        shown = "; ".join(
+            f"{key} = {', '.join(values[:MAX_VALUES_SHOWN])}"
+            + (", ..." if len(values) > MAX_VALUES_SHOWN else "")
+            for key, values in differing.items()
+        )
+        notes.append(
+            f"Warning: {regime} / {workload} pools runs whose params differ: {shown}. "
+            "Its statistics mix different settings; give those runs another experiment or "
+            "rerun them with the same overrides."
+        )
+    summary = tables.get("summary", pd.DataFrame())
+    if "note" in summary:
+        for row in summary[summary["note"] != ""].itertuples():
+            notes.append(f"{row.regime} / {row.workload}: {row.note}.")
+    return notes
 
 
 def report_tables(data: SweepData) -> dict[str, pd.DataFrame]:
@@ -289,24 +395,51 @@ def cold_start_table(invocations: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFr
 
 
 def stage_table(invocations: pd.DataFrame) -> pd.DataFrame:
-    """Summarize successful stage durations (ms) per regime, workload and stage."""
-    columns = ["regime", "workload", "stage", "n", "p50_ms", "p95_ms", "p99_ms", "mean_ms"]
-    ok = invocations[invocations["status"] == "ok"] if len(invocations) else invocations
-    if ok.empty:
+    """Summarize stage durations (ms) and retries per regime, workload and stage.
+
+    ``n`` and the durations cover successful invocations; ``retries`` (attempts beyond the
+    first, summed over the group's runs) and ``retries_per_run`` cover every invocation.
+    """
+    columns = [
+        "regime",
+        "workload",
+        "stage",
+        "n",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "mean_ms",
+        "retries",
+        "retries_per_run",
+    ]
+    if invocations.empty:
         return pd.DataFrame(columns=columns)
-    grouped = ok.groupby(["regime", "workload", "stage"])["duration_ms"]
-    table = grouped.agg(
+    keys = ["regime", "workload", "stage"]
+    ok = invocations[invocations["status"] == "ok"]
+    durations = ok.groupby(keys)["duration_ms"].agg(
         n="size",
         p50_ms=lambda s: s.quantile(0.50),
         p95_ms=lambda s: s.quantile(0.95),
         p99_ms=lambda s: s.quantile(0.99),
         mean_ms="mean",
-    ).reset_index()
+    )
+    retries = (
+        invocations.assign(retries=invocations["attempts"] - 1)
+        .groupby(keys)
+        .agg(retries=("retries", "sum"), runs=("run_id", "nunique"))
+    )
+    table = retries.join(durations, how="left").reset_index()
+    table["n"] = table["n"].fillna(0).astype(int)
+    table["retries_per_run"] = table["retries"] / table["runs"]
     return table[columns]
 
 
 def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Select each run's cost and p95 latency: the points of the cost/latency trade-off."""
+    """Select each run's cost and p95 latency: the points of the cost/latency trade-off.
+
+    Runs logged before ``cost_per_1k_requests_usd`` existed get it computed from their
+    ``cost_total_usd`` and ``requests_ok``.
+    """
     columns = [
         "run_id",
         "run_name",
@@ -314,26 +447,44 @@ def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
         "workload",
         "repeat_index",
         "latency_p95_ms",
+        "requests_ok",
+        "cost_window_s",
         "busy_gb_s",
         "idle_gb_s",
         "cost_requests_usd",
         "cost_busy_usd",
         "cost_idle_usd",
         "cost_total_usd",
+        "cost_per_1k_requests_usd",
+        "kept_usd_per_hour",
+        "standing_usd_per_hour",
     ]
-    return runs.reindex(columns=columns)
+    table = runs.reindex(columns=columns)
+    ok = table["requests_ok"].where(table["requests_ok"] > 0)
+    derived = table["cost_total_usd"] / ok * REQUESTS_PER_COST_UNIT
+    table["cost_per_1k_requests_usd"] = table["cost_per_1k_requests_usd"].fillna(derived)
+    return table
 
 
 def summary_table(runs: pd.DataFrame, latency_ci: pd.DataFrame) -> pd.DataFrame:
-    """Build one row per regime and workload: repetitions, pooled p95/p99 with CIs, means."""
+    """Build one row per regime and workload: repetitions, pooled p95/p99 with CIs, means.
+
+    ``requests_ok`` is the pooled count of successful requests behind the percentiles, and
+    ``note`` flags a group with fewer than :data:`MIN_REQUESTS_FOR_TAIL` of them.
+    """
     means = [
         "error_rate",
         "throughput_rps",
         "cold_starts_total",
         "cold_start_request_share",
+        "retries_total",
         "busy_gb_s",
         "idle_gb_s",
         "cost_total_usd",
+        "cost_window_s",
+        "cost_per_1k_requests_usd",
+        "kept_usd_per_hour",
+        "standing_usd_per_hour",
     ]
     rows = []
     for (regime, workload), group in _groups(runs):
@@ -346,11 +497,13 @@ def summary_table(runs: pd.DataFrame, latency_ci: pd.DataFrame) -> pd.DataFrame:
             ]
             if len(match):
                 found = match.iloc[0]
-                row["requests_pooled"] = found["n_requests"]
+                row["requests_ok"] = int(found["n_requests"])
                 row[f"{statistic}_ms"] = found["estimate_ms"]
                 row[f"{statistic}_ci_ms"] = _format_interval(
                     found["ci_low_ms"], found["ci_high_ms"]
                 )
+        row.setdefault("requests_ok", 0)
+        row["note"] = _sample_size_note(row["requests_ok"])
         for metric in means:
             if metric in group:
                 row[f"mean {metric}"] = group[metric].mean()
@@ -416,6 +569,42 @@ def ui_main(argv: Sequence[str] | None = None) -> int:
 
 
 _RUN_COLUMNS = ("run_id", "run_name", "status", "regime", "workload", "seed", "repeat_index")
+
+
+def _measured(runs: pd.DataFrame, requests: pd.DataFrame) -> pd.Series:
+    """Mark the runs that recorded a request, by their ``requests_total`` metric or table."""
+    in_table = requests.groupby("run_id").size() if len(requests) else pd.Series(dtype=int)
+    table_counts = runs["run_id"].map(in_table).fillna(0)
+    if "requests_total" in runs:
+        metric_counts = pd.to_numeric(runs["requests_total"], errors="coerce").fillna(0)
+    else:
+        metric_counts = pd.Series(0, index=runs.index)
+    return (table_counts > 0) | (metric_counts > 0)
+
+
+def _of_runs(table: pd.DataFrame, run_ids: set[str]) -> pd.DataFrame:
+    return table[table["run_id"].isin(run_ids)].reset_index(drop=True)
+
+
+def _is_per_run_param(key: str) -> bool:
+    return (
+        key in PER_RUN_PARAMS
+        or key.startswith(PER_RUN_PARAM_PREFIXES)
+        or key.endswith(PER_RUN_PARAM_SUFFIXES)
+    )
+
+
+def _sample_size_note(count: int) -> str:
+    """Return the warning for a group with few successful requests, or "" for enough."""
+    if count == 0:
+        return "no successful request, so no latency percentile"
+    if count >= MIN_REQUESTS_FOR_TAIL:
+        return ""
+    return (
+        f"few requests ({count} successful, fewer than {MIN_REQUESTS_FOR_TAIL}): intervals "
+        "are wide, and p95 and p99 lie between the two largest latencies, so p99 is "
+        "about the max"
+    )
 
 
 def _get_parent(client: MlflowClient, run_id: str, uri: str) -> Run:
@@ -493,20 +682,21 @@ def _run_table(runs: list[Run]) -> pd.DataFrame:
 
 def _load_tables(
     client: MlflowClient, runs: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[tuple[str, str]]]:
+    """Download and normalize every run's tables; list each missing one as (label, run id)."""
     loaded: dict[str, list[pd.DataFrame]] = {"requests": [], "invocations": [], "replicas": []}
     normalizers = {
         "requests": normalize_requests,
         "invocations": normalize_invocations,
         "replicas": normalize_replicas,
     }
-    missing: list[str] = []
+    missing: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="vs-report-") as folder, _no_progress_bar():
         for run in runs.itertuples():
             for name, normalize in normalizers.items():
                 path = _download_table(client, run.run_id, name, Path(folder) / run.run_id)
                 if path is None:
-                    missing.append(f"{run.run_name} ({run.run_id}): {name}.csv")
+                    missing.append((f"{run.run_name} ({run.run_id}): {name}.csv", run.run_id))
                 table = normalize(_read_csv(path) if path is not None else None)
                 table = table.assign(
                     run_id=run.run_id,
@@ -516,8 +706,6 @@ def _load_tables(
                 )
                 loaded[name].append(table)
     frames = [pd.concat(loaded[name], ignore_index=True) for name in normalizers]
-    if missing:
-        logger.warning("Report built without %d tables: %s", len(missing), "; ".join(missing))
     return frames[0], frames[1], frames[2], missing
 
 

@@ -11,6 +11,7 @@ import html
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -32,6 +33,12 @@ img { max-width: 100%; }
 .note { background: #f7f7e8; padding: 0.5em 1em; border-left: 4px solid #cc8; }
 """
 
+_COST_POINTER = (
+    "Cost columns cover each run's load window only; the cost section below says what is "
+    "priced. Compare regimes by cost per 1000 requests and cost per hour, not by the "
+    "window cost."
+)
+
 _SECTIONS = (
     (
         "latency_ecdf",
@@ -52,9 +59,13 @@ _SECTIONS = (
     ),
     (
         "cost_vs_p95",
-        "Cost against p95 latency",
-        "One point per run: priced busy GB-s, idle GB-s of kept replicas and requests, against "
-        "that run's p95 end-to-end latency.",
+        "Cost per 1000 requests against p95 latency",
+        "One point per run: the priced cost of its load window (busy GB-s, idle GB-s of kept "
+        "replicas and requests) divided by its successful requests, times 1000, against that "
+        "run's p95 end-to-end latency. The table keeps the absolute window cost "
+        "(cost_total_usd) and window length (cost_window_s), and the cost per hour of the "
+        "replicas kept in the window: time-weighted mean (kept_usd_per_hour) and minimum "
+        "(standing_usd_per_hour).",
     ),
     (
         "replica_timelines",
@@ -75,8 +86,14 @@ def render_html(
     tables: dict[str, pd.DataFrame],
     figures: dict[str, bytes],
     warmup_rule: str,
+    cost_rule: str = "",
+    notes: Sequence[str] = (),
 ) -> str:
-    """Render the whole report as one HTML page."""
+    """Render the whole report as one HTML page.
+
+    ``cost_rule`` is printed next to the cost figure, and each of ``notes`` as a
+    highlighted line under the header.
+    """
     runs = data.runs
     repetitions = runs.groupby(["regime", "workload"])["run_id"].nunique()
     repetition_text = ", ".join(
@@ -91,7 +108,8 @@ def render_html(
         "<p>",
         f"Tracking store: <code>{_text(data.tracking_uri)}</code>. ",
         f"Parent run: <code>{_text(data.parent_run_id or 'none (whole experiment)')}</code>. ",
-        f"{len(runs)} job runs. Repetitions per regime and workload: {_text(repetition_text)}.",
+        f"{len(runs)} job runs with requests. Repetitions per regime and workload: "
+        f"{_text(repetition_text or 'none')}.",
         f" Built {_text(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}.",
         "</p>",
         f'<p class="note">{_text(warmup_rule)}</p>',
@@ -101,7 +119,7 @@ def render_html(
         counts = ", ".join(f"{status}: {count}" for status, count in statuses.items())
         parts.append(
             f'<p class="note">Not every run finished ({_text(counts)}); failed and '
-            "killed runs are included with what they measured.</p>"
+            "killed runs that recorded requests are included with what they measured.</p>"
         )
     if data.missing_tables:
         parts.append(
@@ -109,10 +127,15 @@ def render_html(
             f"{_text('; '.join(data.missing_tables))}</p>"
         )
 
+    parts.extend(f'<p class="note">{_text(note)}</p>' for note in notes)
+
     parts.append("<h2>Summary</h2>")
     parts.append(_html_table(tables["summary"]))
+    parts.append(f'<p class="note">{_text(_COST_POINTER)}</p>')
     for name, heading, caption in _SECTIONS:
         parts.append(f"<h2>{_text(heading)}</h2><p>{_text(caption)}</p>")
+        if name == "cost_vs_p95" and cost_rule:
+            parts.append(f'<p class="note">{_text(cost_rule)}</p>')
         if name in figures:
             encoded = base64.b64encode(figures[name]).decode("ascii")
             parts.append(f'<img alt="{_text(heading)}" src="data:image/png;base64,{encoded}">')

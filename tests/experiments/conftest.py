@@ -37,6 +37,8 @@ REPEATS = 2
 REQUESTS_PER_RUN = 12
 SECRET_PASSWORD = "s3cret-gateway-pw"
 SECRET_KEY = "AKIA-secret-key-value"
+THROTTLE_MS = 30.0
+RATE_PER_S = 2.0
 
 
 @dataclass
@@ -64,8 +66,12 @@ def make_tables(
             cold = stage not in started_replicas
             started_replicas.add(stage)
             duration_ms = float(rng.uniform(20, 80) + (900 if cold else 0))
+            # The first asr call of a burst is throttled once and retried.
+            attempts = 2 if workload == "burst" and stage == "asr" and index == 0 else 1
             invocation_rows.append(
-                _invocation(request_id, stage, start_s + total_ms / 1000, duration_ms, cold)
+                _invocation(
+                    request_id, stage, start_s + total_ms / 1000, duration_ms, cold, attempts
+                )
             )
             cold_count += cold
             total_ms += duration_ms
@@ -112,7 +118,14 @@ def make_tables(
     )
 
 
-def _invocation(request_id: str, stage: str, started_at: float, duration_ms: float, cold: bool):
+def _invocation(
+    request_id: str,
+    stage: str,
+    started_at: float,
+    duration_ms: float,
+    cold: bool,
+    attempts: int = 1,
+):
     return {
         "request_id": request_id,
         "stage": stage,
@@ -126,14 +139,16 @@ def _invocation(request_id: str, stage: str, started_at: float, duration_ms: flo
         "peak_rss_mb": 120.0,
         "cost_gb_s": duration_ms / 1000 * MEMORY_MB[stage] / 1024,
         "status": "ok",
+        "attempts": attempts,
+        "throttled_ms": THROTTLE_MS * (attempts - 1),
     }
 
 
-def job_config(regime: str, workload: str, seed: int) -> dict:
+def job_config(regime: str, workload: str, seed: int, rate_per_s: float = RATE_PER_S) -> dict:
     """A composed config in the agreed schema, with secrets in the backend and storage groups."""
     return {
         "regime": {"name": regime, "min_replicas": 0 if regime == "cold" else 1},
-        "workload": {"kind": workload, "rate_per_s": 2.0, "duration_s": 6},
+        "workload": {"kind": workload, "rate_per_s": rate_per_s, "duration_s": 6},
         "backend": {
             "kind": "openfaas",
             "url": "http://127.0.0.1:8080",
@@ -148,11 +163,18 @@ def job_config(regime: str, workload: str, seed: int) -> dict:
 
 
 def log_job(
-    regime: str, workload: str, repeat_index: int, parent_run_id: str | None, plots: bool = False
+    regime: str,
+    workload: str,
+    repeat_index: int,
+    parent_run_id: str | None,
+    plots: bool = False,
+    *,
+    n_requests: int = REQUESTS_PER_RUN,
+    rate_per_s: float = RATE_PER_S,
 ) -> str:
     """Log one synthetic job run the way the runner does and return its run id."""
     seed = repeat_index + (0 if workload == "steady" else 10)
-    tables = make_tables(regime, workload, seed)
+    tables = make_tables(regime, workload, seed, n_requests)
     metrics = compute_metrics(
         tables.requests,
         tables.invocations,
@@ -163,13 +185,23 @@ def log_job(
     )
     name = f"{regime}-{workload}-{repeat_index}"
     with tracking.start_job_run(name, parent_run_id=parent_run_id) as run:
-        run.log_config(job_config(regime, workload, seed), [f"regime={regime}"])
+        run.log_config(job_config(regime, workload, seed, rate_per_s), [f"regime={regime}"])
         run.log_params({"repeat_index": repeat_index})
         run.log_tables(tables.requests, tables.invocations, tables.replicas)
         run.log_metrics(metrics)
         run.log_summary({"metrics": metrics, "run": name})
         if plots:
             run.log_plots(tables.requests, tables.replicas)
+    return run.run_id
+
+
+def log_failed_job(regime: str, workload: str, repeat_index: int, parent_run_id: str) -> str:
+    """Log a job that failed before its load sent a request, as the runner records it."""
+    seed = repeat_index + (0 if workload == "steady" else 10)
+    run = tracking.start_job_run(f"{regime}-{workload}-{repeat_index}", parent_run_id=parent_run_id)
+    run.log_config(job_config(regime, workload, seed), [f"regime={regime}"])
+    run.log_params({"repeat_index": repeat_index})
+    run.end(tracking.JobStatus.FAILED, error=ValueError("workload.duration_s must be positive"))
     return run.run_id
 
 
@@ -192,6 +224,7 @@ def synthetic() -> SimpleNamespace:
     return SimpleNamespace(
         make_tables=make_tables,
         log_job=log_job,
+        log_failed_job=log_failed_job,
         job_config=job_config,
         stages=STAGES,
         memory_mb=MEMORY_MB,
@@ -199,6 +232,7 @@ def synthetic() -> SimpleNamespace:
         workloads=WORKLOADS,
         repeats=REPEATS,
         secrets=(SECRET_PASSWORD, SECRET_KEY),
+        throttle_ms=THROTTLE_MS,
     )
 
 

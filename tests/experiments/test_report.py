@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from experiments import tracking
 from experiments.report import (
+    MIN_REQUESTS_FOR_TAIL,
     RunNotFoundError,
     build_report,
     percentile_intervals,
@@ -104,6 +105,104 @@ def test_cold_starts_counted_per_stage(sweep_report, synthetic):
     assert (warm["cold_starts"] == 0).all()
 
 
+def test_stage_table_shows_retries(sweep_report, synthetic):
+    table = pd.read_csv(sweep_report.parent / "stages.csv")
+
+    burst_asr = table[(table["workload"] == "burst") & (table["stage"] == "asr")]
+    steady = table[table["workload"] == "steady"]
+    assert (burst_asr["retries_per_run"] == 1).all()
+    assert (burst_asr["retries"] == synthetic.repeats).all()
+    assert (steady["retries"] == 0).all()
+
+
+def test_cost_table_normalises_per_request(sweep_report):
+    table = pd.read_csv(sweep_report.parent / "cost.csv")
+
+    expected = table["cost_total_usd"] / table["requests_ok"] * 1000
+    assert np.allclose(table["cost_per_1k_requests_usd"], expected)
+    assert (table["cost_window_s"] > 0).all()
+    warm = table[table["regime"] == "warm"]
+    cold = table[table["regime"] == "cold"]
+    assert (warm["standing_usd_per_hour"] > 0).all()
+    assert (cold["standing_usd_per_hour"] == 0).all()
+
+
+def test_html_states_cost_window_next_to_figure(sweep_report):
+    page = sweep_report.read_text()
+
+    figure_at = page.index("<h2>Cost per 1000 requests against p95 latency</h2>")
+    rule_at = page.index("Cost covers each run&#x27;s load window only", figure_at)
+    image_at = page.index('src="data:image/png', figure_at)
+    assert rule_at < image_at
+    assert "Not priced: warm-up calls" in page
+
+
+def test_enough_requests_bring_no_warnings(sweep_report):
+    page = sweep_report.read_text()
+    summary = pd.read_csv(sweep_report.parent / "summary.csv")
+
+    assert (summary["requests_ok"] >= MIN_REQUESTS_FOR_TAIL).all()
+    assert "few requests" not in page
+    assert "Runs left out" not in page
+    assert "pools runs whose params differ" not in page
+
+
+@pytest.fixture(scope="module")
+def uneven_report(tmp_path_factory, synthetic):
+    """A report of one warm/steady group: two short runs at different rates, one empty run."""
+    root = tmp_path_factory.mktemp("uneven")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    tracking.configure(uri, "uneven")
+    parent = tracking.start_job_run("uneven-sweep", tags={tracking.SWEEP_TAG: "true"})
+    synthetic.log_job("warm", "steady", 0, parent.run_id, n_requests=4)
+    synthetic.log_job("warm", "steady", 1, parent.run_id, n_requests=4, rate_per_s=5.0)
+    failed_id = synthetic.log_failed_job("warm", "steady", 2, parent.run_id)
+    parent.end(tracking.JobStatus.FINISHED)
+
+    path = build_report(parent.run_id, tracking_uri=uri, out_dir=root / "report")
+    return path, failed_id
+
+
+def test_run_without_requests_left_out_of_n(uneven_report):
+    path, failed_id = uneven_report
+
+    page = path.read_text()
+    intervals = pd.read_csv(path.parent / "latency_ci.csv")
+    left_out = pd.read_csv(path.parent / "left_out.csv")
+
+    assert "warm / steady: N=2" in page
+    assert "Runs left out" in page
+    assert failed_id in page
+    assert "Missing tables" not in page
+    assert (intervals["n_runs"] == 2).all()
+    assert list(left_out["run_id"]) == [failed_id]
+    assert list(left_out["status"]) == ["FAILED"]
+
+
+def test_differing_params_named_in_warning(uneven_report):
+    path, _failed_id = uneven_report
+
+    page = path.read_text()
+
+    warning = re.search(r"Warning: warm / steady pools runs whose params differ: ([^<]*)", page)
+    assert warning is not None
+    assert "workload.rate_per_s = 2.0, 5.0" in warning.group(1)
+    assert "seed" not in warning.group(1)
+    assert "repeat_index" not in warning.group(1)
+
+
+def test_few_requests_flagged(uneven_report):
+    path, _failed_id = uneven_report
+
+    page = path.read_text()
+    summary = pd.read_csv(path.parent / "summary.csv")
+
+    # Four requests per run, the last one of the odd-seeded repetition failed.
+    assert summary.loc[0, "requests_ok"] == 7
+    assert summary.loc[0, "note"].startswith("few requests (7 successful, fewer than 20)")
+    assert "p99 is about the max" in page
+
+
 def test_report_logged_to_parent_run(sweep_report, sweep_store):
     client = MlflowClient(sweep_store.uri)
 
@@ -168,13 +267,15 @@ def test_missing_tables_are_reported_not_fatal(tmp_path, synthetic):
     parent = tracking.start_job_run("partial-sweep")
     with tracking.start_job_run("no-tables", parent_run_id=parent.run_id) as run:
         run.log_config(synthetic.job_config("warm", "steady", 0))
-        run.log_metrics({"latency_p95_ms": 10.0})
+        run.log_metrics({"requests_total": 5.0, "latency_p95_ms": 10.0})
     parent.end()
 
     path = build_report(parent.run_id, tracking_uri=uri, out_dir=tmp_path / "out")
 
-    assert "Missing tables" in path.read_text()
-    assert "no-tables" in path.read_text()
+    page = path.read_text()
+    assert "Missing tables" in page
+    assert "no-tables" in page
+    assert "warm / steady: N=1" in page
 
 
 def test_percentile_intervals_of_tiny_groups():
