@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from deploy.errors import DeploymentInvalidError
+from deploy.local.settings import DEFAULT_MAX_REPLICAS_PER_FUNCTION
 from deploy.models import (
     LABEL_SCALE_MAX,
     LABEL_SCALE_MIN,
@@ -17,6 +18,7 @@ from deploy.models import (
 
 DEFAULT_MIN_REPLICAS = 1
 DEFAULT_MAX_REPLICAS = 20
+"""OpenFaaS's default ``com.openfaas.scale.max``."""
 DEFAULT_TARGET_INFLIGHT = 1
 """In-flight calls per replica before scale-up. OpenFaaS Pro defaults to 50 for its
 ``capacity`` type; 1 suits the pipeline's CPU-bound functions, which serve one call at a time."""
@@ -34,7 +36,10 @@ _GO_DURATION_UNITS_S = {
     "m": 60.0,
     "h": 3600.0,
 }
-_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_GO_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
+_ASCII_INTEGER = re.compile(r"[0-9]+")
+_MAX_DIGITS = 18
+"""Maximum digit count of a whole number in a label or envVar, so that the value fits an int64."""
 
 
 def parse_go_duration(text: str) -> float:
@@ -43,7 +48,7 @@ def parse_go_duration(text: str) -> float:
     A bare number is read as seconds. Raises ValueError for anything else.
     """
     text = text.strip()
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+    if re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", text):
         return float(text)
     if not text:
         raise ValueError("empty duration")
@@ -59,18 +64,39 @@ def parse_go_duration(text: str) -> float:
     return total_s
 
 
-def _int_label(labels: dict[str, str], key: str, default: int, minimum: int) -> int:
+def _parse_whole_number(raw: str, name: str) -> int:
+    """Parse ASCII decimal digits with optional spaces around; ``name`` starts the error.
+
+    ``int()`` alone also takes signs, underscores and non-ASCII digits such as ``"\u0660"``.
+    Raises DeploymentInvalidError for anything else or for more than ``_MAX_DIGITS`` digits.
+    """
+    text = raw.strip()
+    if not _ASCII_INTEGER.fullmatch(text):
+        raise DeploymentInvalidError(
+            f"{name} must be a whole number written in ASCII digits, got {raw!r}; fix it."
+        )
+    if len(text) > _MAX_DIGITS:
+        raise DeploymentInvalidError(
+            f"{name} has {len(text)} digits, more than the {_MAX_DIGITS} allowed; "
+            "use a smaller number."
+        )
+    return int(text)
+
+
+def _int_label(
+    labels: dict[str, str], key: str, default: int, minimum: int, maximum: int | None = None
+) -> int:
     raw = labels.get(key)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw.strip())
-    except ValueError as exc:
-        raise DeploymentInvalidError(
-            f"Label {key!r} must be an integer, got {raw!r}; fix the label."
-        ) from exc
+    value = _parse_whole_number(raw, f"Label {key!r}")
     if value < minimum:
         raise DeploymentInvalidError(f"Label {key!r} must be at least {minimum}, got {value}.")
+    if maximum is not None and value > maximum:
+        raise DeploymentInvalidError(
+            f"Label {key!r} is {value}, above this runtime's limit of {maximum} replicas per "
+            f"function (max_replicas_per_function); set it to at most {maximum}."
+        )
     return value
 
 
@@ -87,11 +113,26 @@ class ScalePolicy:
     """Per-replica in-flight limit; 0 means no limit."""
 
     @classmethod
-    def from_deployment(cls, deployment: FunctionDeployment) -> ScalePolicy:
-        """Read the policy; raise DeploymentInvalidError naming the bad label or envVar."""
+    def from_deployment(
+        cls,
+        deployment: FunctionDeployment,
+        *,
+        max_replicas_cap: int = DEFAULT_MAX_REPLICAS_PER_FUNCTION,
+    ) -> ScalePolicy:
+        """Read the policy; raise DeploymentInvalidError naming the bad label or envVar.
+
+        ``max_replicas_cap`` is the runtime's limit on replicas per function: a min or max
+        label above it is rejected, and the default max is lowered to it. Raises ValueError
+        when the cap is below 1.
+        """
+        if max_replicas_cap < 1:
+            raise ValueError(f"max_replicas_cap must be at least 1, got {max_replicas_cap}.")
         labels = deployment.labels
-        min_replicas = _int_label(labels, LABEL_SCALE_MIN, DEFAULT_MIN_REPLICAS, 0)
-        max_replicas = _int_label(labels, LABEL_SCALE_MAX, DEFAULT_MAX_REPLICAS, 1)
+        default_max = min(DEFAULT_MAX_REPLICAS, max_replicas_cap)
+        min_replicas = _int_label(
+            labels, LABEL_SCALE_MIN, DEFAULT_MIN_REPLICAS, 0, max_replicas_cap
+        )
+        max_replicas = _int_label(labels, LABEL_SCALE_MAX, default_max, 1, max_replicas_cap)
         if min_replicas > max_replicas:
             raise DeploymentInvalidError(
                 f"Label {LABEL_SCALE_MIN!r} ({min_replicas}) is above {LABEL_SCALE_MAX!r} "
@@ -117,16 +158,7 @@ class ScalePolicy:
         max_inflight = 0
         raw_limit = deployment.env_vars.get(MAX_INFLIGHT_ENV)
         if raw_limit:
-            try:
-                max_inflight = int(raw_limit)
-            except ValueError as exc:
-                raise DeploymentInvalidError(
-                    f"envVars.{MAX_INFLIGHT_ENV} must be an integer, got {raw_limit!r}."
-                ) from exc
-            if max_inflight < 0:
-                raise DeploymentInvalidError(
-                    f"envVars.{MAX_INFLIGHT_ENV} must be 0 (no limit) or more, got {max_inflight}."
-                )
+            max_inflight = _parse_whole_number(raw_limit, f"envVars.{MAX_INFLIGHT_ENV}")
 
         return cls(
             min_replicas=min_replicas,

@@ -134,7 +134,11 @@ class Replica:
         return self.state is ReplicaState.READY and not self.stop_requested
 
     async def spawn(self) -> None:
-        """Start the process in its own process group; raise ReplicaStartError if exec fails."""
+        """Start the process in its own process group; raise ReplicaStartError if exec fails.
+
+        Exec fails on a missing or non-executable command, and on a NUL character in an
+        argument or the environment.
+        """
         self.port = free_port(self.host)
         env = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
         env.update(self.env_vars)
@@ -152,7 +156,10 @@ class Replica:
                 start_new_session=True,
                 preexec_fn=lambda: _die_with_parent(parent_pid),
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
+            # ValueError: exec rejects a NUL character in an argument or the environment, or
+            # an environment name containing '='. Validation rejects those first; this keeps
+            # the replica from staying "starting" if one gets past it.
             self.state = ReplicaState.EXITED
             self.exited.set()
             raise ReplicaStartError(

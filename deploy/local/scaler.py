@@ -21,7 +21,12 @@ from deploy.errors import DeployError, DeploymentInvalidError, ReplicaStartError
 from deploy.local.functions import FunctionState
 from deploy.local.policy import ScalePolicy
 from deploy.local.replicas import FunctionLog, Replica, ReplicaState
-from deploy.local.settings import DEFAULT_NAMESPACE, RuntimeSettings
+from deploy.local.settings import (
+    DEFAULT_MAX_REPLICAS_PER_FUNCTION,
+    DEFAULT_NAMESPACE,
+    REPLICA_START_BATCH,
+    RuntimeSettings,
+)
 from deploy.models import FunctionDeployment
 
 logger = logging.getLogger(__name__)
@@ -42,8 +47,15 @@ class CallRejectedError(DeployError):
         self.status_code = status_code
 
 
-def validate_deployment(deployment: FunctionDeployment) -> ScalePolicy:
-    """Check what the embedded runtime needs beyond the JSON shape; return the scale policy."""
+def validate_deployment(
+    deployment: FunctionDeployment,
+    max_replicas_per_function: int = DEFAULT_MAX_REPLICAS_PER_FUNCTION,
+) -> ScalePolicy:
+    """Check what the embedded runtime needs beyond the JSON shape; return the scale policy.
+
+    Raises DeploymentInvalidError naming the field, so that nothing reaches ``exec`` that
+    the OS would reject (a NUL character or an environment name containing ``=``).
+    """
     if not FUNCTION_NAME_PATTERN.match(deployment.service):
         raise DeploymentInvalidError(
             f"Field 'service' must be a DNS-1123 label (lowercase letters, digits and '-', at "
@@ -54,24 +66,50 @@ def validate_deployment(deployment: FunctionDeployment) -> ScalePolicy:
             f"Field 'namespace' must be {DEFAULT_NAMESPACE!r} or empty, "
             f"got {deployment.namespace!r}."
         )
-    if not deployment.env_process.strip():
-        raise DeploymentInvalidError(
-            "Field 'envProcess' is empty; the embedded runtime starts each replica from it, "
-            "so set it to the command that serves the function."
-        )
-    try:
-        argv = shlex.split(deployment.env_process)
-    except ValueError as exc:
-        raise DeploymentInvalidError(
-            f"Field 'envProcess' cannot be split into arguments ({exc}): "
-            f"{deployment.env_process!r}."
-        ) from exc
+    _validate_env_vars(deployment.env_vars)
+    argv = _split_env_process(deployment.env_process)
     search_path = deployment.env_vars.get("PATH", os.environ.get("PATH", os.defpath))
     if shutil.which(argv[0], path=search_path) is None:
         raise DeploymentInvalidError(
             f"Field 'envProcess' names {argv[0]!r}, which is not an executable file or on PATH."
         )
-    return ScalePolicy.from_deployment(deployment)
+    return ScalePolicy.from_deployment(deployment, max_replicas_cap=max_replicas_per_function)
+
+
+def _validate_env_vars(env_vars: dict[str, str]) -> None:
+    for name, value in env_vars.items():
+        if not name:
+            raise DeploymentInvalidError(
+                "Field 'envVars' has an empty variable name; give every variable a name."
+            )
+        if "=" in name or "\0" in name:
+            raise DeploymentInvalidError(
+                f"Field 'envVars' has the invalid variable name {name!r}: a name may not "
+                "contain '=' or a NUL character; rename it."
+            )
+        if "\0" in value:
+            raise DeploymentInvalidError(
+                f"Field 'envVars' has a NUL character in the value of {name!r}; remove it."
+            )
+
+
+def _split_env_process(env_process: str) -> list[str]:
+    if not env_process.strip():
+        raise DeploymentInvalidError(
+            "Field 'envProcess' is empty; the embedded runtime starts each replica from it, "
+            "so set it to the command that serves the function."
+        )
+    if "\0" in env_process:
+        raise DeploymentInvalidError(
+            f"Field 'envProcess' contains a NUL character, which no command argument may "
+            f"contain; remove it: {env_process!r}."
+        )
+    try:
+        return shlex.split(env_process)
+    except ValueError as exc:
+        raise DeploymentInvalidError(
+            f"Field 'envProcess' cannot be split into arguments ({exc}): {env_process!r}."
+        ) from exc
 
 
 class Scaler:
@@ -82,6 +120,7 @@ class Scaler:
         self.session = session
         self.functions: dict[str, FunctionState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reconcile_pending: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
     # Deployments
@@ -92,7 +131,7 @@ class Scaler:
         Raises FunctionExistsError for a known name, DeploymentInvalidError for a bad field
         or an envProcess that exits within ``start_check_s``.
         """
-        policy = validate_deployment(deployment)
+        policy = validate_deployment(deployment, self.settings.max_replicas_per_function)
         if deployment.service in self.functions:
             raise FunctionExistsError(
                 f"Function {deployment.service!r} already exists; update it with "
@@ -119,7 +158,7 @@ class Scaler:
 
     async def update(self, deployment: FunctionDeployment) -> FunctionState:
         """Replace a function's deployment; new replicas replace the old ones once ready."""
-        policy = validate_deployment(deployment)
+        policy = validate_deployment(deployment, self.settings.max_replicas_per_function)
         fn = self.functions.get(deployment.service)
         if fn is None:
             raise KeyError(deployment.service)
@@ -159,7 +198,10 @@ class Scaler:
         logger.info("Removed %s: %s", name, reason)
 
     def scale(self, name: str, replicas: int) -> FunctionState:
-        """Set the replica count (capped at ``com.openfaas.scale.max``)."""
+        """Set the replica count, capped at the function's max; ``fn.desired`` is the result.
+
+        The max is ``com.openfaas.scale.max``, never above ``max_replicas_per_function``.
+        """
         fn = self.functions[name]
         wanted = min(replicas, fn.policy.max_replicas)
         if wanted != replicas:
@@ -181,7 +223,11 @@ class Scaler:
     # Replicas
 
     def reconcile(self, fn: FunctionState) -> None:
-        """Start or stop replicas until the live count matches ``fn.desired``."""
+        """Start or stop replicas until the live count matches ``fn.desired``.
+
+        One call starts at most ``REPLICA_START_BATCH`` replicas and schedules another
+        reconcile for the rest, so a large scale-up does not block the event loop.
+        """
         if fn.removed:
             return
         now = time.monotonic()
@@ -195,8 +241,10 @@ class Scaler:
 
         missing = fn.desired - len(live)
         if missing > 0 and now >= fn.next_start_at:
-            for _ in range(missing):
+            for _ in range(min(missing, REPLICA_START_BATCH)):
                 self._start_replica(fn)
+            if missing > REPLICA_START_BATCH:
+                self._reconcile_soon(fn)
         elif missing < 0:
             extras = sorted(
                 (r for r in live if r.inflight == 0),
@@ -206,6 +254,19 @@ class Scaler:
                 self._spawn_task(
                     replica.stop(self.settings.stop_grace_s, f"scale down to {fn.desired}")
                 )
+
+    def _reconcile_soon(self, fn: FunctionState) -> None:
+        """Run ``reconcile(fn)`` again once the event loop has run other ready callbacks."""
+        if fn.name in self._reconcile_pending:
+            return
+        self._reconcile_pending.add(fn.name)
+
+        async def reconcile_later() -> None:
+            await asyncio.sleep(0)
+            self._reconcile_pending.discard(fn.name)
+            self.reconcile(fn)
+
+        self._spawn_task(reconcile_later())
 
     def _start_replica(self, fn: FunctionState) -> None:
         replica = Replica(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,10 @@ SCALE_DOWN_IDLE_S = 15.0
 RESTART_BACKOFF_S = 0.5
 RESTART_BACKOFF_MAX_S = 15.0
 STDERR_TAIL_LINES = 20
+DEFAULT_MAX_REPLICAS_PER_FUNCTION = 50
+"""Runtime-wide cap on one function's replicas; every replica is a local process."""
+REPLICA_START_BATCH = 8
+"""Replicas one reconcile step starts before it yields to the event loop."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +61,21 @@ class RuntimeSettings:
     restart_backoff_s: float = RESTART_BACKOFF_S
     """First delay before retrying a replica that failed to start; doubles per failure."""
     restart_backoff_max_s: float = RESTART_BACKOFF_MAX_S
+    max_replicas_per_function: int = DEFAULT_MAX_REPLICAS_PER_FUNCTION
+    """Highest replica count of any function. A deployment whose ``com.openfaas.scale.min``
+    or ``com.openfaas.scale.max`` label is above it is rejected with 400. A function without
+    a max label gets the lower of this cap and 20, OpenFaaS's default max."""
     auth_enabled: bool = False
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     secrets_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.max_replicas_per_function < 1:
+            raise ValueError(
+                f"max_replicas_per_function must be at least 1, got "
+                f"{self.max_replicas_per_function}."
+            )
         object.__setattr__(self, "run_dir", Path(self.run_dir))
         if self.secrets_dir is not None:
             object.__setattr__(self, "secrets_dir", Path(self.secrets_dir))
@@ -78,3 +92,18 @@ class RuntimeSettings:
     @property
     def functions_log_dir(self) -> Path:
         return self.run_dir / "functions"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Tell whether binding ``host`` listens on loopback only.
+
+    ``localhost`` and loopback addresses (127.0.0.0/8, ::1) count as loopback. Any other name
+    counts as not loopback because it is not resolved here, and so does the empty string,
+    which binds every interface.
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
