@@ -46,13 +46,13 @@ def split_namespace(name: str) -> tuple[str, str]:
     return base, namespace
 
 
-def _namespace_error(namespace: str) -> web.Response | None:
+def _namespace_error(namespace: str, field: str = "namespace") -> web.Response | None:
     if namespace in ("", DEFAULT_NAMESPACE):
         return None
     return error_response(
         400,
         f"Namespace {namespace!r} is not served; this runtime has only {DEFAULT_NAMESPACE!r}.",
-        "namespace",
+        field,
     )
 
 
@@ -82,19 +82,49 @@ async def _read_json(request: web.Request) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DeploymentInvalidError(f"The request body is not valid JSON: {exc}.") from exc
+    except RecursionError as exc:
+        raise DeploymentInvalidError(
+            "The request body is nested too deeply to parse; send a flatter JSON document."
+        ) from exc
+
+
+_DEPLOYMENT_FIELDS = (
+    "service",
+    "image",
+    "envProcess",
+    "envVars",
+    "labels",
+    "annotations",
+    "secrets",
+    "constraints",
+    "limits",
+    "requests",
+    "namespace",
+)
+
+
+def _field_in_message(message: str) -> str | None:
+    """Return the deployment field that the message names first, or None.
+
+    The first mention counts because a message quotes the bad value after the field, and
+    that value may itself look like a field name.
+    """
+    mentions = []
+    for candidate in _DEPLOYMENT_FIELDS:
+        for marker in (f"'{candidate}'", f"{candidate}."):
+            position = message.find(marker)
+            if position >= 0:
+                mentions.append((position, candidate))
+    position = message.find("Label '")
+    if position >= 0:
+        mentions.append((position, "labels"))
+    return min(mentions)[1] if mentions else None
 
 
 def _invalid(exc: DeploymentInvalidError) -> web.Response:
     message = str(exc)
-    field = None
-    for candidate in ("service", "image", "envProcess", "envVars", "labels", "namespace"):
-        if f"'{candidate}'" in message or f"{candidate}." in message:
-            field = candidate
-            break
-    if field is None and "Label '" in message:
-        field = "labels"
     logger.warning("Rejected a deployment: %s", message)
-    return error_response(400, message, field)
+    return error_response(400, message, _field_in_message(message))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -194,30 +224,43 @@ async def scale(request: web.Request) -> web.Response:
     namespace = request.query.get("namespace", "") or suffix
     if (bad := _namespace_error(namespace)) is not None:
         return bad
+
     try:
         body = await _read_json(request)
     except DeploymentInvalidError as exc:
         return error_response(400, str(exc))
     if not isinstance(body, dict):
         return error_response(400, 'The body must be {"serviceName": NAME, "replicas": N}.')
+
     replicas = body.get("replicas")
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
         return error_response(
             400, f"Field 'replicas' must be a whole number 0 or more, got {replicas!r}.", "replicas"
         )
-    service = body.get("serviceName") or name
-    if split_namespace(str(service))[0] != name:
+
+    service, service_namespace = split_namespace(str(body.get("serviceName") or name))
+    if service != name:
         return error_response(
             400,
             f"Field 'serviceName' ({service!r}) does not match the function in the path "
             f"({name!r}).",
             "serviceName",
         )
+    if (bad := _namespace_error(service_namespace, "serviceName")) is not None:
+        return bad
+
     scaler = request.app[SCALER_KEY]
     if name not in scaler.functions:
         return error_response(404, f"Function {name!r} not found.", "serviceName")
-    scaler.scale(name, replicas)
-    return web.json_response({"message": f"Scaling {name!r} to {replicas}."}, status=202)
+
+    fn = scaler.scale(name, replicas)
+    message = f"Scaling {name!r} to {fn.desired}."
+    if fn.desired < replicas:
+        message = (
+            f"Scaling {name!r} to {fn.desired}: the request for {replicas} replicas was capped "
+            f"at its maximum of {fn.policy.max_replicas}."
+        )
+    return web.json_response({"message": message}, status=202)
 
 
 def add_system_routes(app: web.Application) -> None:

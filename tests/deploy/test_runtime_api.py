@@ -152,6 +152,73 @@ def test_replica_output_goes_to_function_log(runtime, http, deploy_noop):
             "labels",
             "Go duration",
         ),
+        (
+            {
+                "service": "f",
+                "image": "x",
+                "envProcess": NOOP_COMMAND,
+                "labels": {"com.openfaas.scale.max": "1000000000000"},
+            },
+            400,
+            "labels",
+            "'com.openfaas.scale.max' is 1000000000000, above this runtime's limit of 50",
+        ),
+        (
+            {
+                "service": "f",
+                "image": "x",
+                "envProcess": NOOP_COMMAND,
+                "labels": {"com.openfaas.scale.min": "0_0"},
+            },
+            400,
+            "labels",
+            "ASCII digits",
+        ),
+        (
+            {"service": "f", "image": "x", "envProcess": NOOP_COMMAND, "envVars": {"FOO": "a\0b"}},
+            400,
+            "envVars",
+            "NUL",
+        ),
+        (
+            {"service": "f", "image": "x", "envProcess": NOOP_COMMAND, "envVars": {"A=B": "x"}},
+            400,
+            "envVars",
+            "'A=B'",
+        ),
+        (
+            {"service": "f", "image": "x", "envProcess": NOOP_COMMAND, "envVars": {"A\0": "x"}},
+            400,
+            "envVars",
+            "NUL",
+        ),
+        (
+            {"service": "f", "image": "x", "envProcess": NOOP_COMMAND, "envVars": {"": "x"}},
+            400,
+            "envVars",
+            "empty",
+        ),
+        (
+            {"service": "f", "image": "x", "envProcess": NOOP_COMMAND + " a\0b"},
+            400,
+            "envProcess",
+            "NUL",
+        ),
+        (
+            {
+                "service": "f",
+                "image": "x",
+                "envProcess": NOOP_COMMAND,
+                "envVars": {"'service'": "a\0b"},
+            },
+            400,
+            "envVars",
+            "NUL",
+        ),
+        ({"service": "f", "image": "x", "secrets": {"a": "b"}}, 400, "secrets", "list"),
+        ({"service": "f", "image": "x", "constraints": "a"}, 400, "constraints", "list"),
+        ({"service": "f", "image": "x", "annotations": {"a": 1}}, 400, "annotations", "map"),
+        (b"[" * 200_000, 400, None, "nested too deeply"),
     ],
 )
 def test_invalid_deployment_is_rejected(http, body, status, field, match):
@@ -261,3 +328,44 @@ def test_unknown_namespace_is_rejected(http, deploy_noop):
 
     assert status.status_code == 400
     assert call.status_code == 404
+
+
+def test_scale_reply_names_capped_count(http, deploy_noop):
+    deploy_noop(labels={"com.openfaas.scale.max": "2"})
+
+    capped = http.post("/system/scale-function/noop", json={"serviceName": "noop", "replicas": 500})
+    exact = http.post("/system/scale-function/noop", json={"serviceName": "noop", "replicas": 1})
+
+    assert capped.status_code == 202
+    assert capped.json()["message"] == (
+        "Scaling 'noop' to 2: the request for 500 replicas was capped at its maximum of 2."
+    )
+    assert exact.json()["message"] == "Scaling 'noop' to 1."
+
+
+def test_scale_beyond_runtime_cap_returns_at_once(make_runtime):
+    runtime = make_runtime(max_replicas_per_function=2)
+    with httpx.Client(base_url=runtime.url, timeout=30) as http:
+        deployed = http.post("/system/functions", json=noop_deployment().to_json())
+        body = {"serviceName": "noop", "replicas": 1_000_000_000_000}
+
+        scaled = http.post("/system/scale-function/noop", json=body)
+        status = http.get("/system/function/noop", params={"usage": "false"})
+
+    assert deployed.status_code == 202
+    assert scaled.status_code == 202
+    assert "Scaling 'noop' to 2: " in scaled.json()["message"]
+    assert status.json()["replicas"] == 2
+
+
+def test_scale_service_name_other_namespace(http, deploy_noop):
+    deploy_noop()
+
+    response = http.post(
+        "/system/scale-function/noop", json={"serviceName": "noop.other-ns", "replicas": 2}
+    )
+
+    assert response.status_code == 400
+    assert "'other-ns' is not served" in response.json()["message"]
+    assert response.json()["field"] == "serviceName"
+    assert http.get("/system/function/noop").json()["replicas"] == 1
