@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
+from urllib.parse import quote
 
 import aiohttp
 import yarl
@@ -46,6 +47,29 @@ _HOP_BY_HOP = frozenset(
         "Content-Length",
     )
 )
+
+
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+"""Characters kept as they are in a forwarded path: RFC 3986 pchar, '/' and '%' (so existing
+escapes stay as sent)."""
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
+def upstream_target(request: web.Request) -> str:
+    """Return the path and query to send to the replica, percent-encoded as the caller sent them.
+
+    The path is whatever follows ``/function/NAME`` in the raw request target, so escapes such
+    as ``%20``, ``%2F``, ``%3F``, ``%23`` or ``%00`` reach the replica unchanged. Characters
+    that may not appear in a URL at all are percent-encoded.
+    """
+    raw_path = request.rel_url.raw_path
+    segments = raw_path.split("/", 3)  # "", "function", "NAME[.NAMESPACE]", tail
+    tail = segments[3] if len(segments) == 4 else ""
+    target = "/" + quote(tail, safe=_PATH_SAFE)
+    query = request.rel_url.raw_query_string
+    if query:
+        target += "?" + quote(query, safe=_QUERY_SAFE)
+    return target
 
 
 def _forward_headers(request: web.Request, call_id: str, start_ns: str) -> dict[str, str]:
@@ -90,11 +114,9 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         logger.warning("Call %s to %s rejected with %d: %s", call_id, name, exc.status_code, exc)
         return _finish(request, fn, error_response(exc.status_code, str(exc)), started, call_id)
 
-    url = yarl.URL(replica.base_url + "/" + request.match_info.get("tail", ""), encoded=True)
-    if request.query_string:
-        url = url.with_query(request.query_string)
     timeout = aiohttp.ClientTimeout(total=request.app[UPSTREAM_TIMEOUT_KEY])
     try:
+        url = yarl.URL(replica.base_url + upstream_target(request), encoded=True)
         async with request.app[SESSION_KEY].request(
             request.method,
             url,
@@ -119,6 +141,15 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         message = await _crash_message(replica, call_id, exc)
         logger.error("%s", message)
         response = error_response(502, message)
+    except Exception as exc:  # noqa: BLE001 - a proxy bug must cost one call, not the server
+        logger.exception(
+            "Proxying call %s to replica %s of %s failed", call_id, replica.replica_id, name
+        )
+        response = error_response(
+            502,
+            f"The runtime failed to proxy call {call_id} to replica {replica.replica_id} of "
+            f"{name!r} ({type(exc).__name__}: {exc}); see the runtime log.",
+        )
     finally:
         scaler.release(fn, replica)
     return _finish(request, fn, response, started, call_id)
