@@ -44,11 +44,18 @@ def load_credentials(
 
 
 def check_basic_auth(header: str | None, expected: Credentials) -> bool:
-    """Compare an ``Authorization: Basic ...`` header with the credentials in constant time."""
-    if not header or not header.startswith("Basic "):
+    """Compare an ``Authorization: Basic ...`` header with the credentials in constant time.
+
+    The scheme name is case-insensitive (RFC 7235, section 2.1).
+    """
+    if not header:
+        return False
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "basic" or not token:
         return False
     try:
-        decoded = base64.b64decode(header[len("Basic ") :], validate=True).decode("utf-8")
+        decoded = base64.b64decode(token, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         return False
     username, separator, password = decoded.partition(":")

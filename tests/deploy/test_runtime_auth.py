@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+
 import httpx
 import pytest
 
+from deploy.auth import Credentials
 from deploy.errors import GatewayAuthError
 from deploy.local import LocalRuntime, RuntimeSettings
+from deploy.local.auth import check_basic_auth
 from tests.deploy.conftest import noop_deployment
 
 
@@ -69,3 +73,21 @@ def test_settings_repr_masks_password(tmp_path):
 
     assert "hidden-value" not in repr(settings)
     assert "password='***'" in repr(settings)
+
+
+@pytest.mark.parametrize("scheme", ["Basic", "basic", "BASIC", "bAsIc"])
+def test_basic_scheme_is_case_insensitive(make_runtime, secrets_dir, scheme):
+    runtime = make_runtime(auth_enabled=True, secrets_dir=secrets_dir)
+    token = base64.b64encode(b"admin:s3cret-pass").decode()
+    with httpx.Client(base_url=runtime.url, timeout=30) as http:
+        response = http.get("/system/functions", headers={"Authorization": f"{scheme} {token}"})
+
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Basic", "Basic ", "Basicx YWRtaW46czNjcmV0LXBhc3M=", "Bearer YWRtaW46czNjcmV0LXBhc3M="],
+)
+def test_malformed_authorization_is_rejected(header):
+    assert not check_basic_auth(header, Credentials("admin", "s3cret-pass"))
