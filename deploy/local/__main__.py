@@ -11,7 +11,15 @@ from pathlib import Path
 
 from deploy.errors import DeployError
 from deploy.local.runtime import RuntimeServer
-from deploy.local.settings import DEFAULT_HOST, DEFAULT_RUN_DIR, RuntimeSettings
+from deploy.local.settings import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_REPLICAS_PER_FUNCTION,
+    DEFAULT_RUN_DIR,
+    RuntimeSettings,
+    is_loopback_host,
+)
+
+EXIT_USAGE = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -20,7 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Serve the OpenFaaS gateway API on loopback, running replicas as processes.",
     )
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free)")
-    parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default loopback)")
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="address to bind (default loopback); any other address needs --basic-auth or "
+        "--insecure-no-auth",
+    )
     parser.add_argument(
         "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="folder for functions/<name>.log"
     )
@@ -29,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="require basic auth on /system/* (credentials from --secrets-dir or "
         "$OPENFAAS_USERNAME/$OPENFAAS_PASSWORD)",
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a --host beyond loopback without --basic-auth; anyone who can reach the "
+        "port can then deploy a function and so run any command as this user",
     )
     parser.add_argument(
         "--secrets-dir",
@@ -42,8 +61,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scale-from-zero-timeout", type=float, default=None, help="seconds a call waits"
     )
+    parser.add_argument(
+        "--max-replicas-per-function",
+        type=int,
+        default=DEFAULT_MAX_REPLICAS_PER_FUNCTION,
+        help="highest replica count of any function; higher scale labels are rejected "
+        f"(default {DEFAULT_MAX_REPLICAS_PER_FUNCTION})",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser.parse_args(argv)
+
+
+def check_exposure(host: str, *, auth_enabled: bool, insecure_no_auth: bool) -> str | None:
+    """Return why listening on ``host`` is rejected, or None when it is allowed.
+
+    A deployment's envProcess is a command that the runtime executes, so an unauthenticated
+    ``/system/functions`` beyond loopback lets anyone who reaches it run commands here.
+    """
+    if is_loopback_host(host) or auth_enabled or insecure_no_auth:
+        return None
+    where = f"--host {host} is beyond loopback" if host else "an empty --host binds all interfaces"
+    return (
+        f"{where}, and without --basic-auth anyone who can reach the port can deploy a "
+        "function and so run any command as this user. Add --basic-auth (with --secrets-dir "
+        "or $OPENFAAS_PASSWORD), or pass --insecure-no-auth if the network is trusted."
+    )
 
 
 async def serve(settings: RuntimeSettings) -> None:
@@ -62,22 +104,35 @@ async def serve(settings: RuntimeSettings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    auth_enabled = args.basic_auth or args.secrets_dir is not None
+    rejection = check_exposure(
+        args.host, auth_enabled=auth_enabled, insecure_no_auth=args.insecure_no_auth
+    )
+    if rejection is not None:
+        print(f"error: {rejection}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
     overrides = {}
     if args.ready_timeout is not None:
         overrides["ready_timeout_s"] = args.ready_timeout
     if args.scale_from_zero_timeout is not None:
         overrides["scale_from_zero_timeout_s"] = args.scale_from_zero_timeout
-    settings = RuntimeSettings(
-        host=args.host,
-        port=args.port,
-        run_dir=args.run_dir,
-        auth_enabled=args.basic_auth or args.secrets_dir is not None,
-        secrets_dir=args.secrets_dir,
-        **overrides,
-    )
+    try:
+        settings = RuntimeSettings(
+            host=args.host,
+            port=args.port,
+            run_dir=args.run_dir,
+            auth_enabled=auth_enabled,
+            secrets_dir=args.secrets_dir,
+            max_replicas_per_function=args.max_replicas_per_function,
+            **overrides,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         asyncio.run(serve(settings))
     except (DeployError, OSError) as exc:

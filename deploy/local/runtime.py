@@ -24,7 +24,7 @@ from deploy.local.auth import load_credentials
 from deploy.local.metrics import GatewayMetrics
 from deploy.local.proxy import SESSION_KEY, UPSTREAM_TIMEOUT_KEY, add_invoke_routes
 from deploy.local.scaler import Scaler
-from deploy.local.settings import RuntimeSettings
+from deploy.local.settings import RuntimeSettings, is_loopback_host
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,16 @@ class RuntimeServer:
             "on" if credentials else "off",
             settings.run_dir,
         )
+        if not is_loopback_host(settings.host):
+            logger.warning(
+                "The embedded runtime at %s listens beyond loopback; %s",
+                self.url,
+                "/system/* needs basic auth, but /function/* calls are open to anyone who "
+                "can reach the port"
+                if credentials
+                else "basic auth is off, so anyone who can reach the port can deploy a "
+                "function and so run any command as this user",
+            )
         return self.url
 
     async def stop(self) -> None:
