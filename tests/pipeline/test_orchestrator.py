@@ -7,6 +7,7 @@ state.json without running the engines (``test_chain.py`` runs the real stages).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -21,7 +22,7 @@ import pytest
 
 from pipeline.errors import MediaError
 from pipeline.orchestrator import OrchestratorConfig
-from pipeline.server.client import RetryPolicy
+from pipeline.server.client import FunctionClient, RetryPolicy
 from pipeline.server.gateway import LocalGateway
 from pipeline.server.process import FunctionProcess
 from pipeline.stages import STAGE_NAMES
@@ -260,6 +261,22 @@ def test_retry_delay_stays_within_cap():
     assert 0.25 <= min(waits[1]) < max(waits[1]) <= 0.5
     assert all(1.0 <= wait <= 2.0 for wait in waits[7])
     assert RetryPolicy(jitter=0.0).delay_s(10_000, rng) == 4.0
+
+
+def test_retry_deadline_never_passes_call_timeout():
+    async def deadlines() -> list[float]:
+        async with httpx.AsyncClient() as http:
+            return [
+                FunctionClient(
+                    "http://127.0.0.1:1", http, timeout_s=timeout_s, retry=RetryPolicy(120.0)
+                ).retry_deadline_s
+                for timeout_s in (5.0, 300.0)
+            ]
+
+    short, long = asyncio.run(deadlines())
+
+    assert short == 5.0
+    assert long == 120.0
 
 
 @pytest.mark.parametrize(
