@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pipeline.errors import BadRequestError
+from pipeline.ids import check_request_id
 from pipeline.store import ArtifactStore, scratch_folder
 from pipeline.telemetry import Telemetry, memory_limit_mb, replica_id
 
@@ -99,15 +100,15 @@ class Stage(ABC, Generic[ConfigT]):
     def invoke(self, request: dict[str, Any], store: ArtifactStore) -> StageResult:
         """Run one invocation in a private scratch folder and return its output and telemetry.
 
-        Raises :class:`BadRequestError` for a malformed request and the stage's
-        :class:`~pipeline.errors.StageError` subclasses for failures on the input. An error
-        raised by :meth:`run` carries the call's telemetry as its ``telemetry`` attribute.
+        Raises :class:`BadRequestError` for a malformed request or an invalid ``request_id``
+        (see :mod:`pipeline.ids`), and the stage's :class:`~pipeline.errors.StageError`
+        subclasses for failures on the input. An error raised by :meth:`run` carries the
+        call's telemetry as its ``telemetry`` attribute.
         """
         if not isinstance(request, dict):
             raise BadRequestError(f"{self.name}: the request body must be a JSON object.")
-        request_id = request.get("request_id")
-        if not isinstance(request_id, str) or not request_id:
-            raise BadRequestError(f"{self.name}: the request needs a non-empty 'request_id'.")
+        # The id becomes a folder in store keys, so it is checked before any work starts.
+        request_id = check_request_id(request.get("request_id"), self.name)
         self.ensure_loaded()
         telemetry = Telemetry(
             stage=self.name,

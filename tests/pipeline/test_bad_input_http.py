@@ -112,6 +112,23 @@ def test_key_with_dotdot_is_400(chain, good_video_uri, function):
     assert_ffmpeg0_still_serves(chain, good_video_uri)
 
 
+@pytest.mark.parametrize("request_id", ["a/b", "../../x", "a\nb", "r" * 900_000])
+def test_invalid_request_id_is_400_before_ffmpeg(chain, good_video_uri, request_id):
+    before = len(list((chain.workdir / "store").rglob("*")))
+
+    response = chain.call("ffmpeg-0", {"request_id": request_id, "video": good_video_uri})
+
+    error = response.json()["error"]
+    assert response.status_code == 400
+    assert error["kind"] == "bad_request"
+    assert error["stage"] == "ffmpeg-0"
+    assert "the field 'request_id'" in error["message"]
+    assert "1 to 64 letters, digits, '_' or '-'" in error["message"]
+    assert response.json()["telemetry"]["compute_ms"] == 0
+    assert len(list((chain.workdir / "store").rglob("*"))) == before
+    assert_ffmpeg0_still_serves(chain, good_video_uri)
+
+
 def test_missing_artifact_is_422(chain, good_video_uri):
     response = call_ffmpeg0(chain, "inputs/nobody/absent.mp4")
 
