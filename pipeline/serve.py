@@ -8,7 +8,9 @@ outside the registry such as test stages, ``module:Class``. The process reads:
 - ``VS_STAGE_CONFIG``: a JSON object of the stage's config fields;
 - ``max_inflight``: calls served at once, 0 for no limit (429 past it);
 - ``VS_STORE`` and the variables of :func:`pipeline.store.store_from_env`;
-- ``VS_DRAIN_TIMEOUT_S``: how long SIGTERM waits for in-flight calls (default 30).
+- ``VS_DRAIN_TIMEOUT_S``: how long SIGTERM waits for in-flight calls (default 30);
+- ``VS_BODY_TIMEOUT_S``: how long a request may take to send its whole body before it gets
+  408 (default 30). The body is read before the call counts against ``max_inflight``.
 
 An invalid value in any of these makes the process exit with status 2 and a message naming
 the variable or field. Logs go to stderr; stdout carries one JSON line per invocation and per

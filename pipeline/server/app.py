@@ -1,6 +1,8 @@
 """The aiohttp application that serves one stage as a function (the function HTTP contract).
 
-``POST /`` runs one invocation in a thread pool because a stage's ``invoke`` blocks.
+``POST /`` reads the whole body (408 past ``VS_BODY_TIMEOUT_S``), then takes an in-flight
+slot (429 past ``max_inflight``) and runs one invocation in a thread pool because a stage's
+``invoke`` blocks.
 ``GET /_/health`` returns 200 as soon as the process serves. ``GET /_/ready`` returns 503
 until the stage's models are loaded, then 200, and the load starts in the background at
 startup. Every ``POST`` response carries the invocation's telemetry and the header
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -23,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.errors import BadRequestError
+from pipeline.ids import is_valid_request_id
 from pipeline.server.responses import (
     ErrorKind,
     ErrorReply,
@@ -43,11 +47,13 @@ ENV_PORT = "PORT"
 ENV_HOST = "VS_HOST"
 ENV_MAX_INFLIGHT = "max_inflight"
 ENV_DRAIN_TIMEOUT_S = "VS_DRAIN_TIMEOUT_S"
+ENV_BODY_TIMEOUT_S = "VS_BODY_TIMEOUT_S"
 ENV_WORKER_THREADS = "VS_WORKER_THREADS"
 
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
 DEFAULT_WORKER_THREADS = 16
 """Threads running invocations when ``max_inflight`` is 0 (no limit); calls beyond wait."""
 
@@ -65,6 +71,8 @@ class ServerSettings:
     """Calls served at once; one more gets 429. 0 means no limit."""
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     """How long a SIGTERM waits for in-flight calls before it cancels them."""
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    """How long a ``POST`` may take to send its whole body before it gets 408."""
     worker_threads: int = DEFAULT_WORKER_THREADS
 
     @classmethod
@@ -77,6 +85,7 @@ class ServerSettings:
         port = _env_number(env, ENV_PORT, DEFAULT_PORT, int)
         max_inflight = _env_number(env, ENV_MAX_INFLIGHT, 0, int)
         drain_timeout_s = _env_number(env, ENV_DRAIN_TIMEOUT_S, DEFAULT_DRAIN_TIMEOUT_S, float)
+        body_timeout_s = _env_number(env, ENV_BODY_TIMEOUT_S, DEFAULT_BODY_TIMEOUT_S, float)
         worker_threads = _env_number(env, ENV_WORKER_THREADS, DEFAULT_WORKER_THREADS, int)
         if not 0 <= port <= 65535:
             raise ValueError(f"{ENV_PORT}={port} is not a TCP port; use 0 to 65535.")
@@ -84,11 +93,17 @@ class ServerSettings:
             raise ValueError(f"{ENV_MAX_INFLIGHT}={max_inflight} must be 0 (no limit) or more.")
         if worker_threads < 1:
             raise ValueError(f"{ENV_WORKER_THREADS}={worker_threads} must be 1 or more.")
+        if not (math.isfinite(body_timeout_s) and body_timeout_s > 0):
+            raise ValueError(
+                f"{ENV_BODY_TIMEOUT_S}={body_timeout_s} must be a finite number of seconds "
+                f"above 0 (default {DEFAULT_BODY_TIMEOUT_S:g})."
+            )
         return cls(
             host=env.get(ENV_HOST) or DEFAULT_HOST,
             port=port,
             max_inflight=max_inflight,
             drain_timeout_s=drain_timeout_s,
+            body_timeout_s=body_timeout_s,
             worker_threads=max_inflight if max_inflight else worker_threads,
         )
 
@@ -176,14 +191,19 @@ class FunctionServer:
     async def handle_invoke(self, request: web.Request) -> web.Response:
         start = time.perf_counter()
         if self._draining:
-            reply = ErrorReply(
-                503,
-                ErrorKind.SHUTTING_DOWN,
-                self.stage.name,
-                "",
-                f"The {self.stage.name} replica is shutting down; retry on another replica.",
-            )
-            return self._reply_error(reply, None, "", start, "rejected")
+            return self._reply_shutting_down(start)
+
+        # The body is read before an in-flight slot is taken, so a client that sends its body
+        # slowly, or never, takes no slot. The read timeout then frees its connection.
+        try:
+            body = self._parse_json(await self._read_body(request))
+        except TimeoutError:
+            return self._reply_body_timeout(start)
+        except BadRequestError as exc:
+            return self._reply_exception(exc, None, start)
+
+        if self._draining:
+            return self._reply_shutting_down(start)
         limit = self.settings.max_inflight
         if limit and self._inflight >= limit:
             reply = ErrorReply(
@@ -194,12 +214,10 @@ class FunctionServer:
                 f"The {self.stage.name} replica already runs {limit} call(s) "
                 f"(max_inflight={limit}); retry later or add replicas.",
             )
-            return self._reply_error(reply, None, "", start, "rejected")
+            return self._reply_error(reply, None, _request_id_of(body), start, "rejected")
 
         self._inflight += 1
-        body: Any = None
         try:
-            body = await self._read_json(request)
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(self._executor, self._invoke, body)
             text = json.dumps(success_body(result.output, result.telemetry))
@@ -211,21 +229,60 @@ class FunctionServer:
         self._log_call(result.telemetry, 200, None)
         return self._respond(text, 200, start)
 
-    async def _read_json(self, request: web.Request) -> Any:
+    async def _read_body(self, request: web.Request) -> bytes:
+        """Read the whole body; raises TimeoutError past ``body_timeout_s``."""
         try:
-            raw = await request.read()
+            return await asyncio.wait_for(request.read(), self.settings.body_timeout_s)
         except web.HTTPRequestEntityTooLarge:
             raise BadRequestError(
                 f"{self.stage.name}: the request body is larger than {MAX_BODY_BYTES} bytes; "
                 "send artifact URIs, not media bytes."
             ) from None
+
+    def _parse_json(self, raw: bytes) -> Any:
         try:
             return json.loads(raw)
+        except RecursionError:
+            raise BadRequestError(
+                f"{self.stage.name}: the request body is nested too deeply to parse; "
+                'send a flat JSON object such as {"request_id": "r1", ...}.'
+            ) from None
         except (UnicodeDecodeError, ValueError) as exc:
             raise BadRequestError(
                 f"{self.stage.name}: the request body is not valid JSON ({exc}); "
                 'send an object such as {"request_id": "r1", ...}.'
             ) from exc
+
+    def _reply_shutting_down(self, start: float) -> web.Response:
+        reply = ErrorReply(
+            503,
+            ErrorKind.SHUTTING_DOWN,
+            self.stage.name,
+            "",
+            f"The {self.stage.name} replica is shutting down; retry on another replica.",
+        )
+        return self._reply_error(reply, None, "", start, "rejected")
+
+    def _reply_body_timeout(self, start: float) -> web.Response:
+        timeout_s = self.settings.body_timeout_s
+        logger.info(
+            "%s closed a connection whose request body did not arrive within %g s",
+            self.stage.name,
+            timeout_s,
+        )
+        reply = ErrorReply(
+            408,
+            ErrorKind.TIMEOUT,
+            self.stage.name,
+            "",
+            f"The request body did not arrive within {timeout_s:g} s "
+            f"({ENV_BODY_TIMEOUT_S}={timeout_s:g}); send the whole body at once, or raise "
+            f"{ENV_BODY_TIMEOUT_S} for slow clients.",
+        )
+        response = self._reply_error(reply, None, "", start, "timeout")
+        # The rest of the body may never come, so the connection is not reused.
+        response.force_close()
+        return response
 
     def _reply_exception(self, exc: Exception, body: Any, start: float) -> web.Response:
         reply = error_reply(exc, self.stage.name)
@@ -331,6 +388,7 @@ class FunctionServer:
 
 
 def _request_id_of(body: Any) -> str:
-    if isinstance(body, dict) and isinstance(body.get("request_id"), str):
-        return body["request_id"][:128]
+    """Return the body's request id, or "" when it is missing or invalid and so unsafe to log."""
+    if isinstance(body, dict) and is_valid_request_id(body.get("request_id")):
+        return body["request_id"]
     return ""

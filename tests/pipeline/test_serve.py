@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -16,9 +17,16 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.errors import ArtifactNotFoundError, EngineUnavailableError, MediaError, StageError
+from pipeline.errors import (
+    ArtifactNotFoundError,
+    BadRequestError,
+    EngineUnavailableError,
+    MediaError,
+    StageError,
+)
 from pipeline.server.process import FunctionProcess
 from pipeline.stages.base import EngineTimer, Invocation, Stage, require
+from pipeline.store import store_from_env
 
 HERE = Path(__file__).resolve().parent
 TEST_STAGE = "test_serve:ProbeStage"
@@ -94,9 +102,13 @@ def start_probe(tmp_path: Path, **env: str) -> FunctionProcess:
 
 
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("probe")
-    process = start_probe(tmp_path)
+def probe_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("probe")
+
+
+@pytest.fixture(scope="module")
+def probe(probe_dir):
+    process = start_probe(probe_dir)
     process.wait_ready()
     yield process
     process.stop()
@@ -192,6 +204,58 @@ def test_malformed_json_is_bad_request(probe):
     assert "not valid JSON" in response.json()["error"]["message"]
 
 
+def test_deeply_nested_body_is_bad_request(probe):
+    response = httpx.post(probe.url + "/", content=b"[" * 200_000, timeout=30.0)
+    after = post(probe, {"request_id": "after-nested", "mode": "ok"})
+
+    error = response.json()["error"]
+    assert response.status_code == 400
+    assert error["kind"] == "bad_request"
+    assert "nested too deeply" in error["message"]
+    assert after.status_code == 200
+
+
+INVALID_REQUEST_IDS = [
+    "a/b",
+    "a\nb",
+    "../../x",
+    "r" * 900_000,
+    "x" * 65,
+    "dot.dot",
+    "",
+    5,
+    None,
+]
+
+
+@pytest.mark.parametrize("request_id", INVALID_REQUEST_IDS, ids=lambda value: repr(value)[:12])
+def test_invalid_request_id_is_rejected(probe, probe_dir, request_id):
+    response = post(probe, {"request_id": request_id, "mode": "ok"})
+    after = post(probe, {"request_id": "after-bad-id", "mode": "ok"})
+
+    error = response.json()["error"]
+    assert response.status_code == 400
+    assert error["kind"] == "bad_request"
+    assert "'request_id'" in error["message"]
+    assert "1 to 64 letters, digits, '_' or '-'" in error["message"]
+    assert len(error["message"]) < 400
+    assert response.json()["telemetry"]["request_id"] == ""
+    assert not (probe_dir / "store" / "requests" / "a").exists()
+    assert "a\nb" not in probe.stderr_tail(200)
+    assert after.status_code == 200
+
+
+def test_invalid_request_id_stops_before_run(tmp_path):
+    stage = ProbeStage()
+    store = store_from_env({"VS_STORE": "local", "VS_STORE_ROOT": str(tmp_path)})
+
+    with pytest.raises(BadRequestError, match=r"probe: the field 'request_id' is 'a/b'"):
+        stage.invoke({"request_id": "a/b", "mode": "ok"}, store)
+
+    assert list(tmp_path.iterdir()) == []
+    assert stage.init_ms == 0
+
+
 def test_failed_call_keeps_stage_telemetry(probe):
     response = post(probe, {"request_id": "tele", "mode": "bad_media", "input": "v.mp4"})
 
@@ -238,6 +302,38 @@ def test_past_max_inflight_returns_429(tmp_path):
     assert "max_inflight=1" in rejected.json()["error"]["message"]
     assert slow_response.status_code == 200
     assert after.status_code == 200
+
+
+def send_unfinished_body(process: FunctionProcess) -> socket.socket:
+    """Open a connection that announces a 100-byte body and sends only its first byte."""
+    connection = socket.create_connection(("127.0.0.1", process.port), timeout=30.0)
+    connection.sendall(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n{"
+    )
+    return connection
+
+
+def test_unfinished_bodies_take_no_inflight_slot(tmp_path):
+    process = start_probe(tmp_path, max_inflight="2", VS_BODY_TIMEOUT_S="1.5")
+    try:
+        process.wait_ready()
+        idle = [send_unfinished_body(process) for _ in range(2)]
+        time.sleep(0.3)
+        response = post(process, {"request_id": "while-idle", "mode": "ok"})
+        replies = [connection.recv(65536).decode() for connection in idle]
+        closed = [connection.recv(65536) for connection in idle]
+        for connection in idle:
+            connection.close()
+    finally:
+        process.stop()
+
+    assert response.status_code == 200
+    for reply in replies:
+        assert reply.startswith("HTTP/1.1 408")
+        assert '"kind": "timeout"' in reply
+        assert "VS_BODY_TIMEOUT_S=1.5" in reply
+    assert closed == [b"", b""]
 
 
 def test_sigterm_finishes_inflight_call(tmp_path):
@@ -303,3 +399,18 @@ def test_invalid_max_inflight_exits(tmp_path):
 
     assert result.returncode == 2
     assert "max_inflight='many' is not a valid int" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("soon", "VS_BODY_TIMEOUT_S='soon' is not a valid float"),
+        ("0", "VS_BODY_TIMEOUT_S=0.0 must be a finite number of seconds above 0"),
+        ("inf", "VS_BODY_TIMEOUT_S=inf must be a finite number of seconds above 0"),
+    ],
+)
+def test_invalid_body_timeout_exits(value, expected, tmp_path):
+    result = run_serve(TEST_STAGE, VS_BODY_TIMEOUT_S=value, VS_STORE_ROOT=str(tmp_path))
+
+    assert result.returncode == 2
+    assert expected in result.stderr
