@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 
 # The tables' columns are those of the rows the load writes.
 REPLICA_COLUMNS = TIMELINE_COLUMNS
-# Invocation columns that tables written before the load recorded retries do not have, with
-# the value a missing one takes: one attempt means no retry, and no throttling is known.
+# Invocation columns that tables written before retries were recorded lack, each with the
+# value a missing cell takes: one attempt means no retry, and NaN means throttling unknown.
 OPTIONAL_INVOCATION_COLUMNS: dict[str, float] = {"attempts": 1.0, "throttled_ms": math.nan}
 REQUIRED_INVOCATION_COLUMNS = tuple(
     column for column in INVOCATION_COLUMNS if column not in OPTIONAL_INVOCATION_COLUMNS
@@ -285,25 +285,25 @@ def _cost_metrics(
         busy_s = rows["duration_ms"].fillna(0).clip(lower=0).sum() / 1000.0
         busy_by_function[stage] = float(busy_s * memory_mb / MB_PER_GB)
 
-    kept = _kept_replicas(invocations, replicas, busy_by_function, memory_mb_by_function)
+    kept_replicas = _kept_replicas(invocations, replicas, busy_by_function, memory_mb_by_function)
     busy_gb_s = sum(busy_by_function.values())
     metrics = {metric_key("stage", stage, "busy_gb_s"): v for stage, v in busy_by_function.items()}
     cost_requests = prices.requests_usd(len(invocations))
     cost_busy = prices.busy_usd(busy_gb_s)
-    cost_idle = prices.idle_usd(kept.idle_gb_s)
+    cost_idle = prices.idle_usd(kept_replicas.idle_gb_s)
     kept_usd_per_gb_hour = prices.provisioned_usd_per_gb_s * SECONDS_PER_HOUR
     metrics.update(
         {
             "busy_gb_s": busy_gb_s,
-            "kept_gb_s": kept.gb_s,
-            "idle_gb_s": kept.idle_gb_s,
+            "kept_gb_s": kept_replicas.gb_s,
+            "idle_gb_s": kept_replicas.idle_gb_s,
             "cost_requests_usd": cost_requests,
             "cost_busy_usd": cost_busy,
             "cost_idle_usd": cost_idle,
             "cost_total_usd": cost_requests + cost_busy + cost_idle,
-            "cost_window_s": kept.window_s,
-            "kept_usd_per_hour": kept.mean_gb * kept_usd_per_gb_hour,
-            "standing_usd_per_hour": kept.standing_gb * kept_usd_per_gb_hour,
+            "cost_window_s": kept_replicas.window_s,
+            "kept_usd_per_hour": kept_replicas.mean_gb * kept_usd_per_gb_hour,
+            "standing_usd_per_hour": kept_replicas.standing_gb * kept_usd_per_gb_hour,
         }
     )
     return metrics
@@ -331,7 +331,7 @@ def _kept_replicas(
     The window is the longest function timeline, each last sample held as in
     :func:`held_counts`.
     """
-    kept = _KeptReplicas()
+    totals = _KeptReplicas()
     for function, timeline in replicas.groupby("function", sort=True):
         reported = invocations.loc[invocations["stage"] == function, "memory_limit_mb"]
         memory_gb = _memory_mb(function, memory_mb_by_function, reported) / MB_PER_GB
@@ -339,12 +339,12 @@ def _kept_replicas(
         if not counts.size:
             continue
         function_gb_s = float((counts * held_s).sum() * memory_gb)
-        kept.gb_s += function_gb_s
-        kept.idle_gb_s += max(function_gb_s - busy_by_function.get(function, 0.0), 0.0)
-        kept.mean_gb += function_gb_s / float(held_s.sum())
-        kept.standing_gb += float(counts.min()) * memory_gb
-        kept.window_s = max(kept.window_s, float(held_s.sum()))
-    return kept
+        totals.gb_s += function_gb_s
+        totals.idle_gb_s += max(function_gb_s - busy_by_function.get(function, 0.0), 0.0)
+        totals.mean_gb += function_gb_s / float(held_s.sum())
+        totals.standing_gb += float(counts.min()) * memory_gb
+        totals.window_s = max(totals.window_s, float(held_s.sum()))
+    return totals
 
 
 def _normalized_cost_metrics(metrics: Mapping[str, float]) -> dict[str, float]:

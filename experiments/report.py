@@ -56,7 +56,7 @@ REPEAT_PARAM = "repeat_index"
 REPORT_ARTIFACT_DIR = "report"
 CI_PERCENTILES = (95, 99)
 # Below this many successful requests a group's p95 and p99 both fall between its two
-# largest latencies (numpy's linear interpolation), so they say little beyond the max.
+# largest latencies (numpy's linear interpolation), so they add little to the max.
 MIN_REQUESTS_FOR_TAIL = 20
 CONFIDENCE_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 2000
@@ -71,15 +71,15 @@ WARMUP_RULE = (
 COST_WINDOW_RULE = (
     "Cost covers each run's load window only (cost_window_s: the span of the replica "
     "timeline, sampled from the start of the load until it ended), so a regime whose "
-    "requests take longer pays for a longer window. Priced: every function invocation at the request "
-    "price, busy GB-s at the duration price, and idle GB-s of the replicas kept in the "
-    "window at the provisioned price. Not priced: warm-up calls, replicas kept before or "
-    "after the window (a warm regime keeps paying standing_usd_per_hour when no load "
+    "requests take longer pays for a longer window. Priced: every function invocation at "
+    "the request price, busy GB-s at the duration price, and idle GB-s of the replicas kept "
+    "in the window at the provisioned price. Not priced: warm-up calls, replicas kept before "
+    "or after the window (a warm regime keeps paying standing_usd_per_hour when no load "
     "comes), storage and data transfer, the free tier. Compare regimes by "
     "cost_per_1k_requests_usd and the USD per hour figures, not by the window cost."
 )
-# Params that differ between the repetitions of one group by design, or name a run's own
-# folder; every other differing param means the group pools different experiments.
+# Params that differ between the repetitions of one group by design, or that name a run's
+# own folder. Any other differing param means that the group pools different experiments.
 PER_RUN_PARAMS = frozenset({SEED_PARAM, REPEAT_PARAM, "repeat", REGIME_PARAM, WORKLOAD_PARAM})
 PER_RUN_PARAM_PREFIXES = ("hydra.",)
 PER_RUN_PARAM_SUFFIXES = ("output_dir",)
@@ -274,13 +274,13 @@ def sweep_notes(data: SweepData, tables: dict[str, pd.DataFrame]) -> list[str]:
             f"Runs left out (no request recorded, so not counted in N nor pooled): {listed}."
         )
     for (regime, workload), differing in differing_params(data).items():
-        shown = "; ".join(
+        differences = "; ".join(
             f"{key} = {', '.join(values[:MAX_VALUES_SHOWN])}"
             + (", ..." if len(values) > MAX_VALUES_SHOWN else "")
             for key, values in differing.items()
         )
         notes.append(
-            f"Warning: {regime} / {workload} pools runs whose params differ: {shown}. "
+            f"Warning: {regime} / {workload} pools runs whose params differ: {differences}. "
             "Its statistics mix different settings; give those runs another experiment or "
             "rerun them with the same overrides."
         )

@@ -140,8 +140,8 @@ def check_port_free(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # Without SO_REUSEADDR, connections in TIME_WAIT from an earlier server would make
-        # a free port look taken; a listening socket still makes the bind fail on Linux.
+        # SO_REUSEADDR keeps connections in TIME_WAIT from an earlier server from making a
+        # free port look taken. On Linux a listening socket still makes the bind fail.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))

@@ -45,6 +45,7 @@ def test_notebook_draws_every_figure(sweep_store, tmp_path, monkeypatch):
     assert errors == []
     assert len(images) == 6
     assert sweep_store.uri in text
+    assert "Cost covers each run's load window only" in text
 
 
 def test_committed_notebook_has_no_outputs():
