@@ -63,7 +63,7 @@ def test_inflight_limit_spreads_calls_over_replicas(http, deploy_noop):
     assert len({r.json()["replica_id"] for r in responses}) == 3
 
 
-def test_429_past_inflight_limit(http, deploy_noop):
+def test_429_past_inflight_limit(runtime, http, deploy_noop):
     deploy_noop(env_vars={"max_inflight": "1"}, labels={"com.openfaas.scale.max": "1"})
     rejected: list[httpx.Response] = []
 
@@ -73,8 +73,13 @@ def test_429_past_inflight_limit(http, deploy_noop):
             rejected.append(response)
         return bool(rejected)
 
+    def slow_call_in_flight() -> bool:
+        return any(replica.inflight == 1 for replica in runtime.replicas("noop"))
+
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(http.post, "/function/noop", json={"sleep_s": 1.5})
+        # A probe sent before the slow call holds the slot would take it and get 200.
+        wait_until(slow_call_in_flight, what="the slow call to hold the only slot")
         wait_until(probe_rejected, what="a 429 while the slow call holds the only slot")
         assert slow.result().status_code == 200
 
