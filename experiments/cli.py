@@ -19,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from experiments.config import MASK, SECRET_KEYS, register_configs
+from experiments.config import MASK, SECRET_KEYS, URL_PASSWORD, register_configs
 from experiments.errors import ExperimentError
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,9 @@ def _redact_secret_overrides(args: Sequence[str]) -> None:
         if sep and key.lstrip("+~").rsplit(".", 1)[-1] in SECRET_KEYS and value:
             secrets.add(value)
             secrets.update(_override_values(arg, value))
+        # A password written into a URL (user:password@host) is masked too; the config
+        # check then rejects the URL.
+        secrets.update(URL_PASSWORD.findall(value))
     if not secrets:
         return
     ordered = sorted(secrets, key=len, reverse=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,8 @@ SECRET_KEYS: frozenset[str] = frozenset({"password", "secret_key", "access_key"}
 """Config keys whose values are masked in logs, saved configs and MLflow params."""
 
 MASK = "***"
+URL_PASSWORD = re.compile(r"://[^/@\s:]*:([^@/\s]+)@")
+"""The password of a URL written as ``scheme://user:password@host``."""
 
 
 class WorkloadKind(enum.Enum):
@@ -252,7 +255,23 @@ def check_config(cfg: DictConfig) -> Config:
     _check_regime(config)
     _check_functions(config.pipeline)
     _check_deployment_fields(config)
+    _check_urls(config)
     return config
+
+
+def _check_urls(config: Config) -> None:
+    """Reject credentials written into a URL, which would be logged and saved in clear."""
+    for key, section, field_name in (
+        ("backend.url", config.backend, "url"),
+        ("backend.function_gateway_url", config.backend, "function_gateway_url"),
+        ("storage.endpoint", config.storage, "endpoint"),
+    ):
+        value = getattr(section, field_name, "")
+        if isinstance(value, str) and URL_PASSWORD.search(value):
+            raise ConfigError(
+                f"{key} carries a password (user:password@host); remove it from the URL and "
+                "give it as backend.password (or OPENFAAS_PASSWORD) or storage.secret_key."
+            )
 
 
 def _reject_unknown_keys(node: Any, path: str) -> None:
@@ -483,4 +502,31 @@ def secret_values(config: Config) -> list[str]:
             value = getattr(section, key, "")
             if isinstance(value, str) and value:
                 found.append(value)
+    return found
+
+
+def raw_secret_values(cfg: DictConfig) -> list[str]:
+    """Return the secrets written literally in an unchecked config, for masking saved files.
+
+    Used when :func:`check_config` fails, so the job's saved ``.hydra`` files are masked
+    too. Interpolations such as ``${oc.env:OPENFAAS_PASSWORD}`` are left unresolved, as
+    Hydra saves them.
+    """
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in SECRET_KEYS and isinstance(value, str) and value:
+                    if not value.startswith("${"):
+                        found.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str):
+            found.extend(URL_PASSWORD.findall(node))
+
+    walk(OmegaConf.to_container(cfg, resolve=False))
     return found

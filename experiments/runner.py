@@ -47,6 +47,7 @@ from experiments.config import (
     SteadyWorkloadConfig,
     check_config,
     masked_container,
+    raw_secret_values,
     secret_values,
 )
 from experiments.dataset import open_store, resolve_dataset, upload_dataset
@@ -134,8 +135,12 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = ()) ->
     invalid config or dataset, an unreachable tracking store).
     """
     logger.info("Checking the config and the dataset")
-    config = check_config(cfg)
-    items = resolve_dataset(config.dataset, config.storage)
+    try:
+        config = check_config(cfg)
+        items = resolve_dataset(config.dataset, config.storage)
+    except ExperimentError:
+        _mask_saved_config(output_dir, raw_secret_values(cfg))
+        raise
     output_dir.mkdir(parents=True, exist_ok=True)
     _mask_saved_config(output_dir, secret_values(config))
     _configure_tracking(config)

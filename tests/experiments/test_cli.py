@@ -192,3 +192,44 @@ def test_secret_overrides_are_masked_everywhere(tmp_path, sweep):
     assert "cannot reach the gateway" in result.stdout + result.stderr
     assert "-secret" not in result.stdout + result.stderr
     assert leaked == []
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_password_in_url_is_rejected_and_masked(tmp_path):
+    result = run_cli(
+        tmp_path,
+        "run",
+        "backend=openfaas",
+        f"backend.url=http://admin:url-s3cr3t@127.0.0.1:{closed_port()}",
+    )
+
+    output = result.stdout + result.stderr
+    leaked = [
+        path
+        for path in (tmp_path / "runs").rglob("*")
+        if path.is_file() and b"url-s3cr3t" in path.read_bytes()
+    ]
+    assert result.returncode == 1
+    assert "backend.url carries a password" in output
+    assert "url-s3cr3t" not in output
+    assert leaked == []
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_secret_is_masked_when_the_dataset_check_fails(tmp_path):
+    result = run_cli(
+        tmp_path,
+        "run",
+        "backend=openfaas",
+        "backend.password=early-s3cr3t",
+        "dataset.files=[missing.mp4]",
+    )
+
+    leaked = [
+        path
+        for path in (tmp_path / "runs").rglob("*")
+        if path.is_file() and b"early-s3cr3t" in path.read_bytes()
+    ]
+    assert result.returncode == 1
+    assert "early-s3cr3t" not in result.stdout + result.stderr
+    assert leaked == []
