@@ -80,9 +80,12 @@ SUMMARY_METRICS = (
     ("p99 latency (ms)", "latency_p99_ms", "{:.0f}"),
     ("throughput (req/s)", "throughput_rps", "{:.3f}"),
     ("cold starts", "cold_starts_total", "{:.0f}"),
+    ("retries (busy replicas)", "retries_total", "{:.0f}"),
     ("busy GB-s", "busy_gb_s", "{:.2f}"),
     ("idle GB-s", "idle_gb_s", "{:.2f}"),
     ("total cost (USD)", "cost_total_usd", "{:.6f}"),
+    ("cost per 1k requests (USD)", "cost_per_1k_requests_usd", "{:.4f}"),
+    ("kept replicas (USD/hour)", "kept_usd_per_hour", "{:.4f}"),
 )
 
 
