@@ -120,7 +120,7 @@ class Scaler:
         self.session = session
         self.functions: dict[str, FunctionState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reconcile_pending: set[str] = set()
+        self._reconcile_pending: set[FunctionState] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
     # Deployments
@@ -257,13 +257,13 @@ class Scaler:
 
     def _reconcile_soon(self, fn: FunctionState) -> None:
         """Run ``reconcile(fn)`` again once the event loop has run other ready callbacks."""
-        if fn.name in self._reconcile_pending:
+        if fn in self._reconcile_pending:
             return
-        self._reconcile_pending.add(fn.name)
+        self._reconcile_pending.add(fn)
 
         async def reconcile_later() -> None:
             await asyncio.sleep(0)
-            self._reconcile_pending.discard(fn.name)
+            self._reconcile_pending.discard(fn)
             self.reconcile(fn)
 
         self._spawn_task(reconcile_later())
