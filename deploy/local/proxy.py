@@ -97,6 +97,37 @@ async def _crash_message(replica: Replica, call_id: str, exc: BaseException) -> 
     )
 
 
+BUSY_LOG_INTERVAL_S = 10.0
+"""Within this interval, further 429 rejections of one function are counted, not logged."""
+
+
+class _BusyRejectionLog:
+    """Log a function's 429 rejections at most once per interval, with the count since.
+
+    A burst against full replicas makes many rejections that callers retry; one line per
+    interval keeps the log readable and still says how many there were.
+    """
+
+    def __init__(self, interval_s: float = BUSY_LOG_INTERVAL_S):
+        self.interval_s = interval_s
+        self._last_logged: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def record(self, name: str, call_id: str, message: str) -> None:
+        now = time.monotonic()
+        last = self._last_logged.get(name)
+        if last is not None and now - last < self.interval_s:
+            self._suppressed[name] = self._suppressed.get(name, 0) + 1
+            return
+        suppressed = self._suppressed.pop(name, 0)
+        self._last_logged[name] = now
+        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        logger.warning("Call %s to %s rejected with 429%s: %s", call_id, name, more, message)
+
+
+_BUSY_LOG = _BusyRejectionLog()
+
+
 async def invoke(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     name, namespace = split_namespace(request.match_info["name"])
@@ -111,7 +142,12 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     try:
         replica = await scaler.acquire(fn)
     except CallRejectedError as exc:
-        logger.warning("Call %s to %s rejected with %d: %s", call_id, name, exc.status_code, exc)
+        if exc.status_code == 429:
+            _BUSY_LOG.record(name, call_id, str(exc))
+        else:
+            logger.warning(
+                "Call %s to %s rejected with %d: %s", call_id, name, exc.status_code, exc
+            )
         return _finish(request, fn, error_response(exc.status_code, str(exc)), started, call_id)
 
     timeout = aiohttp.ClientTimeout(total=request.app[UPSTREAM_TIMEOUT_KEY])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 
 import pytest
@@ -76,3 +77,18 @@ def test_unexpected_proxy_error_is_502_and_counted(http, deploy_noop, monkeypatc
     assert 'gateway_function_invocation_total{code="502",function_name="noop.openfaas-fn"} 1' in (
         metrics
     )
+
+
+def test_busy_rejections_are_logged_once_per_interval(caplog):
+    log = deploy.local.proxy._BusyRejectionLog(interval_s=60.0)
+
+    with caplog.at_level(logging.WARNING, logger="deploy.local.proxy"):
+        for index in range(5):
+            log.record("asr", f"call-{index}", "every replica is busy")
+        log._last_logged["asr"] -= 120.0
+        log.record("asr", "call-5", "every replica is busy")
+
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2
+    assert "call-0" in lines[0]
+    assert "(4 more since the last report)" in lines[1]
