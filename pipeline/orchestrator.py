@@ -31,7 +31,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,7 +38,8 @@ from typing import Any
 
 import httpx
 
-from pipeline.errors import BadRequestError, EngineUnavailableError, InvocationError
+from pipeline.errors import EngineUnavailableError, InvocationError
+from pipeline.ids import check_request_id
 from pipeline.server.client import CallResult, FunctionCallError, FunctionClient, RetryPolicy
 from pipeline.stages.base import Invocation, Stage, StageResult, require
 from pipeline.store import ArtifactStore
@@ -47,8 +47,6 @@ from pipeline.store import ArtifactStore
 logger = logging.getLogger(__name__)
 
 ENV_GATEWAY_URL = "VS_GATEWAY_URL"
-REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""A request id becomes part of store keys, so it is restricted to these characters."""
 
 
 @dataclass
@@ -111,13 +109,11 @@ class ChainFailedError(InvocationError):
 
 
 def validate_request_id(value: object) -> str:
-    """Return ``value`` if it is a valid request id, else raise :class:`BadRequestError`."""
-    if not isinstance(value, str) or not REQUEST_ID_PATTERN.fullmatch(value):
-        raise BadRequestError(
-            f"orchestrator: request_id {value!r} is invalid; use 1 to 64 letters, digits, "
-            "'_' or '-', or leave it out to get a new one."
-        )
-    return value
+    """Return ``value`` if it is a valid request id, else raise :class:`BadRequestError`.
+
+    The rule and the message are those of :func:`pipeline.ids.check_request_id`.
+    """
+    return check_request_id(value, OrchestratorStage.name)
 
 
 @dataclass
@@ -398,11 +394,13 @@ class OrchestratorStage(Stage[OrchestratorConfig]):
         self.gateway_url = url.rstrip("/")
 
     def invoke(self, request: dict[str, Any], store: ArtifactStore) -> StageResult:
-        """Run the chain; a request without ``request_id`` gets a new uuid4 hex id."""
-        if isinstance(request, dict):
-            if request.get("request_id") is None:
-                request = {**request, "request_id": uuid.uuid4().hex}
-            validate_request_id(request["request_id"])
+        """Run the chain; a request without ``request_id`` gets a new uuid4 hex id.
+
+        ``Stage.invoke`` checks the id before any work, so an invalid one is rejected with
+        :class:`~pipeline.errors.BadRequestError`.
+        """
+        if isinstance(request, dict) and request.get("request_id") is None:
+            request = {**request, "request_id": uuid.uuid4().hex}
         return super().invoke(request, store)
 
     def run(self, request: dict[str, Any], invocation: Invocation) -> dict[str, Any]:

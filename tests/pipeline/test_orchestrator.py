@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.errors import MediaError
-from pipeline.orchestrator import OrchestratorConfig
+from pipeline.errors import BadRequestError, MediaError
+from pipeline.orchestrator import OrchestratorConfig, validate_request_id
 from pipeline.server.client import FunctionClient, RetryPolicy
 from pipeline.server.gateway import LocalGateway
 from pipeline.server.process import FunctionProcess
@@ -377,6 +377,26 @@ def test_invalid_request_id_is_rejected(cluster, request_id):
     assert response.status_code == 400
     assert response.json()["error"]["kind"] == "bad_request"
     assert "request_id" in response.json()["error"]["message"]
+
+
+def test_huge_request_id_is_not_echoed(cluster):
+    response = run_chain(cluster, "ok.mp4", request_id="x" * 900_000)
+
+    error = response.json()["error"]
+    assert response.status_code == 400
+    assert error["kind"] == "bad_request"
+    assert "1 to 64 letters, digits, '_' or '-'" in error["message"]
+    assert "(900000 characters)" in error["message"]
+    assert len(error["message"]) < 400
+
+
+def test_validate_request_id_uses_shared_rule():
+    assert validate_request_id("run-1_a") == "run-1_a"
+    with pytest.raises(BadRequestError, match=r"^orchestrator: .*'request_id'.* 1 to 64 letters"):
+        validate_request_id("a/b")
+    with pytest.raises(BadRequestError, match=r"\(900000 characters\)") as caught:
+        validate_request_id("y" * 900_000)
+    assert len(str(caught.value)) < 400
 
 
 def test_video_outside_store_is_rejected(cluster):
