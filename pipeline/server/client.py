@@ -5,7 +5,9 @@ draining or the gateway has no replica yet) until a retry deadline, with capped 
 backoff and jitter. Both statuses mean "busy", as an of-watchdog with ``max_inflight``
 returns them, so a call waits for a free replica the way a gateway that retries them would.
 Every other error status, a timeout and an unreachable gateway fail the call at once with
-:class:`FunctionCallError`.
+:class:`FunctionCallError`. So does a successful reply of the wrong shape (kind
+``bad_response``): an ``output`` that is not an object, or a ``telemetry`` field of the wrong
+type, since a later stage or the run's metrics would fail on it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,19 @@ RETRY_STATUSES = frozenset({429, 503})
 """Statuses that mean every replica is busy or draining, so the call is retried."""
 BUSY_KIND = "busy"
 """Error kind of a call that stayed busy past its retry deadline, when the reply names none."""
+BAD_RESPONSE_KIND = "bad_response"
+"""Error kind of a call whose reply is not the contract's JSON or has a field of the wrong type."""
+
+_NUMBER_TELEMETRY_FIELDS = (
+    "duration_ms",
+    "compute_ms",
+    "init_ms",
+    "memory_limit_mb",
+    "peak_rss_mb",
+    "cost_gb_s",
+    "started_at",
+)
+_STRING_TELEMETRY_FIELDS = ("stage", "request_id", "replica_id", "status")
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,61 @@ class FunctionCallError(InvocationError):
         super().__init__(stage, input, message, status_code)
         self.kind = kind
         self.telemetry = telemetry
+
+
+class ResponseShapeError(ValueError):
+    """A field of a function's reply is missing or of the wrong type.
+
+    The message names the field by its path in the reply (``output``, ``telemetry.extra``,
+    ``clips[0].index``) and says what was expected, without the function's name.
+    """
+
+    @classmethod
+    def wrong_type(cls, field: str, value: object, expected: str) -> ResponseShapeError:
+        return cls(f"{field} as {json_type_name(value)}; expected {expected}")
+
+    @classmethod
+    def missing(cls, field: str, expected: str) -> ResponseShapeError:
+        return cls(f"no {field}; expected {expected}")
+
+
+def json_type_name(value: object) -> str:
+    """Return the Python type name of a decoded JSON value, with ``null`` for None."""
+    return "null" if value is None else type(value).__name__
+
+
+def is_number(value: object) -> bool:
+    """Return True for an int or float, but not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def bad_response_error(
+    stage: str,
+    input: str,
+    error: ResponseShapeError,
+    telemetry: dict[str, Any],
+    *,
+    status_code: int | None = 200,
+) -> FunctionCallError:
+    """Build the ``bad_response`` failure of a call to ``stage`` whose reply has a bad field.
+
+    ``telemetry`` becomes the failure's telemetry with ``status`` set to ``bad_response``.
+    """
+    message = (
+        f"{stage} returned {error}. Check that the deployed {stage} function comes from the "
+        "same version of the pipeline as the orchestrator, and read its log."
+    )
+    request_id = telemetry.get("request_id", "")
+    logger.warning("Call to %s for request %s failed: %s", stage, request_id, message)
+    telemetry["status"] = BAD_RESPONSE_KIND
+    return FunctionCallError(
+        stage,
+        input,
+        message,
+        status_code=status_code,
+        kind=BAD_RESPONSE_KIND,
+        telemetry=telemetry,
+    )
 
 
 @dataclass
@@ -191,16 +261,15 @@ class FunctionClient:
             raise self._busy(stage, input, request_id, start, response, payload, extra)
         if payload is None:
             raise self._no_reply(
-                stage, input, request_id, start, extra, "bad_response",
+                stage, input, request_id, start, extra, BAD_RESPONSE_KIND,
                 f"{url} returned HTTP {response.status_code} with a body that is not the "
                 f"function contract's JSON: {response.text[:200]!r}",
                 status_code=response.status_code,
             )  # fmt: skip
-        telemetry = _reply_telemetry(payload, stage, request_id, start, extra)
         if response.status_code == 200 and payload.get("ok") is True:
-            output = payload.get("output")
-            return CallResult(stage, output if isinstance(output, dict) else {}, telemetry)
+            return self._success(stage, input, request_id, start, payload, extra)
 
+        telemetry = _error_reply_telemetry(payload, stage, request_id, start, extra)
         error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
         raise FunctionCallError(
             str(error.get("stage") or stage),
@@ -213,6 +282,30 @@ class FunctionClient:
             kind=str(error.get("kind") or "upstream"),
             telemetry=telemetry,
         )
+
+    def _success(
+        self,
+        stage: str,
+        input: str,
+        request_id: str,
+        start: float,
+        payload: dict[str, Any],
+        extra: dict[str, Any],
+    ) -> CallResult:
+        """Return the result of a 200 ``ok`` reply, or raise ``bad_response`` on a bad field."""
+        try:
+            telemetry = _reply_telemetry(payload, stage, request_id, start, extra)
+        except ResponseShapeError as exc:
+            telemetry = _client_telemetry(stage, request_id, start, BAD_RESPONSE_KIND)
+            telemetry["extra"] = dict(extra)
+            raise bad_response_error(stage, input, exc, telemetry) from exc
+        output = payload.get("output")
+        if not isinstance(output, dict):
+            shape = ResponseShapeError.wrong_type("output", output, "an object")
+            if "output" not in payload:
+                shape = ResponseShapeError.missing("output", "an object")
+            raise bad_response_error(stage, input, shape, telemetry)
+        return CallResult(stage, output, telemetry)
 
     def _busy(
         self,
@@ -247,7 +340,7 @@ class FunctionClient:
             telemetry = _client_telemetry(stage, request_id, start, "rejected")
             telemetry["extra"] = dict(extra)
         else:
-            telemetry = _reply_telemetry(payload, stage, request_id, start, extra)
+            telemetry = _error_reply_telemetry(payload, stage, request_id, start, extra)
         return FunctionCallError(
             stage,
             input,
@@ -278,9 +371,14 @@ class FunctionClient:
 
 
 def _json_or_none(response: httpx.Response) -> dict[str, Any] | None:
+    """Return the body as a JSON object, or None if it is not one.
+
+    JSON nested deeper than the interpreter's recursion limit raises RecursionError, not
+    ValueError, so both count as "not JSON".
+    """
     try:
         payload = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return payload if isinstance(payload, dict) else None
 
@@ -288,14 +386,62 @@ def _json_or_none(response: httpx.Response) -> dict[str, Any] | None:
 def _reply_telemetry(
     payload: dict[str, Any], stage: str, request_id: str, start: float, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    """Return the reply's telemetry, or one from the client's clock, with ``extra`` merged."""
-    telemetry = payload.get("telemetry")
-    if isinstance(telemetry, dict):
-        telemetry = dict(telemetry)
+    """Return the reply's telemetry with ``extra`` merged.
+
+    A field the reply leaves out, or the whole telemetry, comes from the client's clock, so
+    every call's telemetry has the same fields.
+
+    Raises:
+        ResponseShapeError: ``telemetry`` or one of its fields has the wrong type.
+    """
+    reply_telemetry = payload.get("telemetry")
+    if reply_telemetry is None:
+        reply_telemetry = {}
+    elif isinstance(reply_telemetry, dict):
+        _check_telemetry_fields(reply_telemetry)
     else:
-        telemetry = _client_telemetry(stage, request_id, start, "error")
+        raise ResponseShapeError.wrong_type("telemetry", reply_telemetry, "an object")
+    status = "ok" if payload.get("ok") is True else "error"
+    telemetry = {**_client_telemetry(stage, request_id, start, status), **reply_telemetry}
     telemetry["extra"] = {**(telemetry.get("extra") or {}), **extra}
     return telemetry
+
+
+def _error_reply_telemetry(
+    payload: dict[str, Any], stage: str, request_id: str, start: float, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Return the telemetry of an error reply, from the client's clock if the reply's is bad.
+
+    The call fails with the function's own error, which says more than a bad telemetry field.
+    """
+    try:
+        return _reply_telemetry(payload, stage, request_id, start, extra)
+    except ResponseShapeError as exc:
+        logger.warning("%s returned %s in an error reply for request %s", stage, exc, request_id)
+        telemetry = _client_telemetry(stage, request_id, start, "error")
+        telemetry["extra"] = dict(extra)
+        return telemetry
+
+
+def _check_telemetry_fields(telemetry: dict[str, Any]) -> None:
+    """Raise ResponseShapeError if a known telemetry field is present with the wrong type.
+
+    The run's metrics sum and average the number fields, so a string there would fail later.
+    """
+    for name in _NUMBER_TELEMETRY_FIELDS:
+        value = telemetry.get(name)
+        if value is not None and not is_number(value):
+            raise ResponseShapeError.wrong_type(f"telemetry.{name}", value, "a number")
+    for name in _STRING_TELEMETRY_FIELDS:
+        value = telemetry.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ResponseShapeError.wrong_type(f"telemetry.{name}", value, "a string")
+    cold_start = telemetry.get("cold_start")
+    if cold_start is not None and not isinstance(cold_start, bool):
+        raise ResponseShapeError.wrong_type("telemetry.cold_start", cold_start, "a boolean")
+    extra = telemetry.get("extra")
+    if extra is not None and not isinstance(extra, dict):
+        raise ResponseShapeError.wrong_type("telemetry.extra", extra, "an object")
 
 
 def _ms_since(start: float) -> float:
