@@ -17,9 +17,13 @@ and frame indices.
 The progress of each step is written to ``requests/<request_id>/state.json`` as it changes,
 so a failed request keeps what finished. When a stage fails, the calls still running are
 cancelled, and the request fails with the stage, its input and the cause. The error
-response then carries the summary so far as its ``output``. A stage that replies 429 or 503
-(every replica busy) is retried until ``retry_deadline_s``, so a burst larger than the
-stage's replicas waits for a free one instead of failing.
+response then carries the summary so far as its ``output``. A stage that replies ``ok`` with
+an output of the wrong shape (a field missing or of the wrong type) fails the same way, with
+kind ``bad_response`` naming the field. Any other exception inside the chain still saves
+``state.json`` with ``status: error`` before the request fails with kind ``internal``.
+
+A stage that replies 429 or 503 (every replica busy) is retried until ``retry_deadline_s``,
+so a burst larger than the stage's replicas waits for a free one instead of failing.
 
 Inputs without speech (no audio track, or silence) give an ``ok`` summary with no clips, so
 no transcripts and no detections, and a note saying why.
@@ -31,22 +35,34 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
-from pipeline.errors import EngineUnavailableError, InvocationError
+from pipeline.errors import EngineUnavailableError, InvocationError, StorageError
 from pipeline.ids import check_request_id
-from pipeline.server.client import CallResult, FunctionCallError, FunctionClient, RetryPolicy
+from pipeline.server.client import (
+    CallResult,
+    FunctionCallError,
+    FunctionClient,
+    ResponseShapeError,
+    RetryPolicy,
+    bad_response_error,
+    is_number,
+)
 from pipeline.stages.base import Invocation, Stage, StageResult, require
 from pipeline.store import ArtifactStore
 
 logger = logging.getLogger(__name__)
 
 ENV_GATEWAY_URL = "VS_GATEWAY_URL"
+
+ParsedT = TypeVar("ParsedT")
 
 
 @dataclass
@@ -125,6 +141,29 @@ class Clip:
 
 
 @dataclass
+class Split:
+    """ffmpeg-0's output: the video track (or the audio alone in an mp4) and the audio."""
+
+    video: str
+    audio: str | None
+
+
+@dataclass
+class PreparedClip:
+    """ffmpeg-2's output for one clip: its wav for asr and small mp4 for ffmpeg-3."""
+
+    wav: str | None
+    small: str | None
+    has_video: bool | None
+
+
+@dataclass
+class Transcript:
+    text: str
+    uri: str | None
+
+
+@dataclass
 class ChainRun:
     """The state of one request's chain while it runs."""
 
@@ -139,8 +178,14 @@ class ChainRun:
     notes: list[str] = field(default_factory=list)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     failure: FunctionCallError | None = None
+    unexpected_error: dict[str, Any] | None = None
+    """The ``error`` of ``state.json`` after an exception other than a failed stage call."""
     status: str = "running"
-    _state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _state_version: int = 0
+    """Number of the latest ``state.json`` snapshot taken."""
+    _written_version: int = 0
+    """Number of the snapshot last written to the store."""
+    _write_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def state_key(self) -> str:
@@ -152,32 +197,68 @@ class ChainRun:
         try:
             await self.run_steps()
         except* FunctionCallError:
-            pass
+            pass  # self.failure holds the first failed call.
         except* Exception as group:
-            raise _first_leaf(group) from None
+            error = _first_leaf(group)
+            await self.save_unexpected_error(error)
+            raise error from None
         self.status = "error" if self.failure else "ok"
-        for step in self.steps.values():
-            if step["status"] == "running":
-                step["status"] = "cancelled"
+        self.cancel_running_steps()
         await self.save_state()
         summary = self.summary()
         if self.failure is not None:
             raise ChainFailedError(self.failure, summary)
         return summary
 
+    async def save_unexpected_error(self, error: BaseException) -> None:
+        """Save ``state.json`` with ``status: error`` after an exception other than a failed call.
+
+        A failure to save is logged, so the caller can still raise ``error`` itself.
+        """
+        self.status = "error"
+        self.unexpected_error = {
+            "stage": OrchestratorStage.name,
+            "input": self.video,
+            "message": f"Unexpected {type(error).__name__} in the orchestrator: {error}",
+            "kind": "internal",
+            "status_code": 500,
+        }
+        self.cancel_running_steps()
+        try:
+            await self.save_state()
+        except StorageError as exc:
+            logger.error(
+                "Request %s: cannot save %s after %r: %s",
+                self.request_id,
+                self.state_key,
+                error,
+                exc,
+            )
+
+    def cancel_running_steps(self) -> None:
+        for step in self.steps.values():
+            if step["status"] == "running":
+                step["status"] = "cancelled"
+
     async def run_steps(self) -> None:
-        split = await self.call("ffmpeg-0", "ffmpeg-0", {"video": self.video}, self.video)
-        self.take_note(split)
-        audio = split.get("audio")
-        found = await self.call("librosa", "librosa", {"audio": audio}, audio or "no audio")
-        self.take_note(found)
-        segments = found.get("segments") or []
+        split = await self.call(
+            "ffmpeg-0", "ffmpeg-0", {"video": self.video}, self.video, parse_split
+        )
+        audio = split.audio
+        segments = await self.call(
+            "librosa", "librosa", {"audio": audio}, audio or "no audio", parse_segments
+        )
         if not segments:
             return
 
-        video = split["video"]
-        cut = await self.call("ffmpeg-1", "ffmpeg-1", {"video": video, "segments": segments}, video)
-        clips = parse_clips(cut, segments)
+        video = split.video
+        clips = await self.call(
+            "ffmpeg-1",
+            "ffmpeg-1",
+            {"video": video, "segments": segments},
+            video,
+            lambda output: parse_clips(output, segments),
+        )
         async with asyncio.TaskGroup() as group:
             for clip in clips:
                 group.create_task(self.run_clip(clip))
@@ -188,61 +269,62 @@ class ChainRun:
             "ffmpeg-2",
             {"clip": clip.uri, "index": clip.index},
             clip.uri,
+            parse_prepared_clip,
             clip=clip.index,
         )
         async with asyncio.TaskGroup() as group:
             group.create_task(self.transcribe(clip, prepared))
             group.create_task(self.detect(clip, prepared))
 
-    async def transcribe(self, clip: Clip, prepared: dict[str, Any]) -> None:
-        audio = prepared.get("wav")
+    async def transcribe(self, clip: Clip, prepared: PreparedClip) -> None:
+        audio = prepared.wav
         if not audio:
-            self.take_note(prepared)
             return
         result = await self.call(
             f"asr/clip-{clip.index}",
             "asr",
             {"audio": audio, "index": clip.index},
             audio,
+            parse_transcript,
             clip=clip.index,
         )
         self.transcripts.append(
             {
                 "clip": clip.index,
-                "text": str(result.get("text", "")).strip(),
+                "text": result.text.strip(),
                 "start_s": clip.start_s,
                 "end_s": clip.end_s,
-                "transcript": result.get("transcript"),
+                "transcript": result.uri,
             }
         )
 
-    async def detect(self, clip: Clip, prepared: dict[str, Any]) -> None:
-        video = prepared.get("small")
-        if not video or prepared.get("has_video") is False:
+    async def detect(self, clip: Clip, prepared: PreparedClip) -> None:
+        video = prepared.small
+        if not video or prepared.has_video is False:
             return
-        sampled = await self.call(
+        frames = await self.call(
             f"ffmpeg-3/clip-{clip.index}",
             "ffmpeg-3",
             {"video": video, "index": clip.index},
             video,
+            parse_frames,
             clip=clip.index,
         )
-        self.take_note(sampled)
-        frames = parse_frames(sampled)
         async with asyncio.TaskGroup() as group:
             for frame_index, frame_uri in frames:
                 group.create_task(self.detect_frame(clip, frame_index, frame_uri))
 
     async def detect_frame(self, clip: Clip, frame_index: int, frame_uri: str) -> None:
-        result = await self.call(
+        detections = await self.call(
             f"object-detector/clip-{clip.index}/frame-{frame_index}",
             "object-detector",
             {"frame": frame_uri, "clip_index": clip.index, "frame_index": frame_index},
             frame_uri,
+            parse_detections,
             clip=clip.index,
             frame=frame_index,
         )
-        for detection in result.get("detections") or []:
+        for detection in detections:
             self.detections.append(
                 {
                     "clip": clip.index,
@@ -259,11 +341,16 @@ class ChainRun:
         stage: str,
         body: dict[str, Any],
         input: str,
+        parse: Callable[[dict[str, Any]], ParsedT],
         *,
         clip: int | None = None,
         frame: int | None = None,
-    ) -> dict[str, Any]:
-        """Call ``stage`` as step ``step``, record its telemetry and state, return its output."""
+    ) -> ParsedT:
+        """Call ``stage`` as step ``step``, record its telemetry and state, return its output.
+
+        ``parse`` reads the output and raises :class:`ResponseShapeError` on a field that is
+        missing or of the wrong type, which fails the call with kind ``bad_response``.
+        """
         async with self.semaphore:
             self.steps[step] = {
                 "stage": stage,
@@ -279,25 +366,35 @@ class ChainRun:
                     stage, {"request_id": self.request_id, **body}, input, extra
                 )
             except FunctionCallError as exc:
-                self.invocations.append(exc.telemetry)
-                self.steps[step].update(
-                    status="error", error={"kind": exc.kind, "message": exc.reason}
-                )
-                if self.failure is None:
-                    self.failure = exc
-                    logger.warning(
-                        "Request %s failed at %s on %s: %s",
-                        self.request_id,
-                        exc.stage,
-                        exc.input,
-                        exc.reason,
-                    )
-                await self.save_state()
+                await self.record_failure(step, exc)
                 raise
+        try:
+            parsed = parse(result.output)
+        except ResponseShapeError as exc:
+            failure = bad_response_error(stage, input, exc, result.telemetry)
+            self.steps[step]["output"] = result.output
+            await self.record_failure(step, failure)
+            raise failure from exc
         self.invocations.append(result.telemetry)
         self.steps[step].update(status="ok", output=result.output)
+        self.take_note(result.output)
         await self.save_state()
-        return result.output
+        return parsed
+
+    async def record_failure(self, step: str, exc: FunctionCallError) -> None:
+        """Record a failed call in the step and the invocations; the first one fails the run."""
+        self.invocations.append(exc.telemetry)
+        self.steps[step].update(status="error", error={"kind": exc.kind, "message": exc.reason})
+        if self.failure is None:
+            self.failure = exc
+            logger.warning(
+                "Request %s failed at %s on %s: %s",
+                self.request_id,
+                exc.stage,
+                exc.input,
+                exc.reason,
+            )
+        await self.save_state()
 
     def take_note(self, output: dict[str, Any]) -> None:
         note = output.get("note")
@@ -326,47 +423,206 @@ class ChainRun:
         }
 
     async def save_state(self) -> None:
-        """Write ``state.json``; writes are serialised so the last one has the latest state."""
-        async with self._state_lock:
-            state = {
-                "request_id": self.request_id,
-                "video": self.video,
-                "status": self.status,
-                "updated_at": time.time(),
-                "steps": self.steps,
-                "error": self.summary()["error"],
-            }
-            data = json.dumps(state, indent=1, default=str).encode()
-            await asyncio.to_thread(self.store.put_bytes, self.state_key, data)
+        """Write ``state.json`` with the current state; a newer snapshot is never overwritten.
+
+        When a failure cancels a task that is waiting here, its write goes on in its worker
+        thread. So the writes take a thread lock, and a snapshot older than the one already
+        written is dropped.
+        """
+        self._state_version += 1
+        version = self._state_version
+        state = {
+            "request_id": self.request_id,
+            "video": self.video,
+            "status": self.status,
+            "updated_at": time.time(),
+            "steps": self.steps,
+            "error": self.summary()["error"] or self.unexpected_error,
+        }
+        data = json.dumps(state, indent=1, default=str).encode()
+        await asyncio.to_thread(self._write_state, version, data)
+
+    def _write_state(self, version: int, data: bytes) -> None:
+        with self._write_lock:
+            if version <= self._written_version:
+                return
+            self.store.put_bytes(self.state_key, data)
+            self._written_version = version
+
+
+EXPECTED_URI = "an artifact URI string"
+EXPECTED_OPTIONAL_URI = "an artifact URI string or null"
+
+
+def parse_split(output: dict[str, Any]) -> Split:
+    """Read ffmpeg-0's output ``{video, audio}``; ``audio`` is null for a video without sound."""
+    return Split(
+        video=_required_uri(output, "video", "video"),
+        audio=_optional(output, "audio", "audio", str, EXPECTED_OPTIONAL_URI),
+    )
+
+
+def parse_segments(output: dict[str, Any]) -> list[dict[str, Any]]:
+    """Read librosa's ``segments``, a list of objects with ``start_s`` and ``end_s``."""
+    segments = _required_list(output, "segments", "a list of objects with 'start_s' and 'end_s'")
+    for position, segment in enumerate(segments):
+        field_path = f"segments[{position}]"
+        if not isinstance(segment, dict):
+            raise ResponseShapeError.wrong_type(
+                field_path, segment, "an object with 'start_s' and 'end_s'"
+            )
+        for name in ("start_s", "end_s"):
+            if not is_number(segment.get(name)):
+                raise ResponseShapeError.wrong_type(
+                    f"{field_path}.{name}", segment.get(name), "a number of seconds"
+                )
+    return segments
 
 
 def parse_clips(output: dict[str, Any], segments: list[dict[str, Any]]) -> list[Clip]:
-    """Read ffmpeg-1's clips, each a URI or an object with ``uri``/``clip`` and times."""
-    clips = []
-    for position, item in enumerate(output.get("clips") or []):
+    """Read ffmpeg-1's clips, each a URI or an object with ``uri``/``clip``, ``index`` and times.
+
+    A clip without ``index`` gets its position, and one without times gets those of the
+    segment at its position. Indices must be distinct, since they name the clip's steps.
+    """
+    expected_item = "a URI string or an object with 'uri' and 'index'"
+    clips: list[Clip] = []
+    for position, item in enumerate(_required_list(output, "clips", f"a list of {expected_item}")):
+        field_path = f"clips[{position}]"
         if isinstance(item, str):
             item = {"uri": item}
+        elif not isinstance(item, dict):
+            raise ResponseShapeError.wrong_type(
+                field_path, item, "an object with 'uri' and 'index'"
+            )
+        uri_field = next((name for name in ("uri", "clip", "video") if name in item), "uri")
         segment = segments[position] if position < len(segments) else {}
         clips.append(
             Clip(
-                index=int(item.get("index", position)),
-                uri=item.get("uri") or item.get("clip") or item.get("video"),
-                start_s=item.get("start_s", segment.get("start_s")),
-                end_s=item.get("end_s", segment.get("end_s")),
+                index=_index(item, field_path, position),
+                uri=_required_uri(item, uri_field, f"{field_path}.{uri_field}"),
+                start_s=_optional_seconds(item, segment, "start_s", field_path),
+                end_s=_optional_seconds(item, segment, "end_s", field_path),
             )
         )
+    _check_distinct([clip.index for clip in clips], "clips", "clip")
     return clips
+
+
+def parse_prepared_clip(output: dict[str, Any]) -> PreparedClip:
+    """Read ffmpeg-2's ``{wav, small, has_video}``; each may be null."""
+    return PreparedClip(
+        wav=_optional(output, "wav", "wav", str, EXPECTED_OPTIONAL_URI),
+        small=_optional(output, "small", "small", str, EXPECTED_OPTIONAL_URI),
+        has_video=_optional(output, "has_video", "has_video", bool, "a boolean or null"),
+    )
+
+
+def parse_transcript(output: dict[str, Any]) -> Transcript:
+    """Read asr's ``{text, transcript}``; ``transcript`` is the URI of the full result."""
+    text = output.get("text")
+    if not isinstance(text, str):
+        raise _wrong_or_missing(output, "text", "text", "a string")
+    return Transcript(
+        text=text,
+        uri=_optional(output, "transcript", "transcript", str, EXPECTED_OPTIONAL_URI),
+    )
 
 
 def parse_frames(output: dict[str, Any]) -> list[tuple[int, str]]:
     """Read ffmpeg-3's frames, each a URI or an object with ``uri``/``frame`` and ``index``."""
-    frames = []
-    for position, item in enumerate(output.get("frames") or []):
+    expected_item = "a URI string or an object with 'uri' and 'index'"
+    frames: list[tuple[int, str]] = []
+    for position, item in enumerate(_required_list(output, "frames", f"a list of {expected_item}")):
+        field_path = f"frames[{position}]"
         if isinstance(item, str):
-            frames.append((position, item))
-        else:
-            frames.append((int(item.get("index", position)), item.get("uri") or item["frame"]))
+            item = {"uri": item}
+        elif not isinstance(item, dict):
+            raise ResponseShapeError.wrong_type(
+                field_path, item, "an object with 'uri' and 'index'"
+            )
+        uri_field = "frame" if "uri" not in item and "frame" in item else "uri"
+        frames.append(
+            (
+                _index(item, field_path, position),
+                _required_uri(item, uri_field, f"{field_path}.{uri_field}"),
+            )
+        )
+    _check_distinct([index for index, _ in frames], "frames", "frame")
     return frames
+
+
+def parse_detections(output: dict[str, Any]) -> list[dict[str, Any]]:
+    """Read object-detector's ``detections``: objects with ``label``, ``score`` and ``box``."""
+    expected_item = "an object with 'label', 'score' and 'box'"
+    detections = _required_list(output, "detections", f"a list of {expected_item}")
+    for position, detection in enumerate(detections):
+        if not isinstance(detection, dict):
+            raise ResponseShapeError.wrong_type(f"detections[{position}]", detection, expected_item)
+    return detections
+
+
+def _wrong_or_missing(
+    mapping: dict[str, Any], name: str, field_path: str, expected: str
+) -> ResponseShapeError:
+    if name not in mapping:
+        return ResponseShapeError.missing(field_path, expected)
+    return ResponseShapeError.wrong_type(field_path, mapping[name], expected)
+
+
+def _required_uri(mapping: dict[str, Any], name: str, field_path: str) -> str:
+    value = mapping.get(name)
+    if not isinstance(value, str) or not value:
+        raise _wrong_or_missing(mapping, name, field_path, EXPECTED_URI)
+    return value
+
+
+def _required_list(output: dict[str, Any], name: str, expected: str) -> list[Any]:
+    value = output.get(name)
+    if not isinstance(value, list):
+        raise _wrong_or_missing(output, name, name, expected)
+    return value
+
+
+def _optional(
+    mapping: dict[str, Any], name: str, field_path: str, kind: type, expected: str
+) -> Any:
+    """Return ``mapping[name]`` if it is of type ``kind``, None if it is null or missing."""
+    value = mapping.get(name)
+    if value is not None and not isinstance(value, kind):
+        raise ResponseShapeError.wrong_type(field_path, value, expected)
+    return value
+
+
+def _index(item: dict[str, Any], field_path: str, position: int) -> int:
+    """Return the item's ``index``, or its position in the list when it has none."""
+    index = item.get("index", position)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise ResponseShapeError.wrong_type(f"{field_path}.index", index, "a non-negative integer")
+    if index < 0:
+        raise ResponseShapeError(f"{field_path}.index {index}; expected a non-negative integer")
+    return index
+
+
+def _optional_seconds(
+    item: dict[str, Any], segment: dict[str, Any], name: str, field_path: str
+) -> float | None:
+    """Return the item's time ``name`` in seconds, else the segment's, else None."""
+    value = item.get(name, segment.get(name))
+    if value is not None and not is_number(value):
+        raise ResponseShapeError.wrong_type(f"{field_path}.{name}", value, "a number of seconds")
+    return value
+
+
+def _check_distinct(indices: list[int], list_name: str, noun: str) -> None:
+    first_position: dict[int, int] = {}
+    for position, index in enumerate(indices):
+        if index in first_position:
+            raise ResponseShapeError(
+                f"index {index} for both {list_name}[{first_position[index]}] and "
+                f"{list_name}[{position}]; expected a distinct index per {noun}"
+            )
+        first_position[index] = position
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
 from pipeline.errors import BadRequestError, MediaError
-from pipeline.orchestrator import OrchestratorConfig, validate_request_id
+from pipeline.orchestrator import ChainRun, Clip, OrchestratorConfig, validate_request_id
 from pipeline.server.client import FunctionClient, RetryPolicy
 from pipeline.server.gateway import LocalGateway
 from pipeline.server.process import FunctionProcess
@@ -179,6 +181,7 @@ def test_chain_collects_transcripts_and_detections(cluster):
     assert [t["clip"] for t in summary["transcripts"]] == [0, 1, 2]
     assert summary["transcripts"][1]["text"] == "words of clip 1"
     assert summary["transcripts"][1]["start_s"] == 2.0
+    assert {t["status"] for t in summary["invocations"]} == {"ok"}
     assert summary["transcripts"][1]["end_s"] == 3.0
     assert len(summary["detections"]) == CLIPS * FRAMES_PER_CLIP
     assert summary["detections"][0] == {
@@ -425,3 +428,265 @@ def test_unknown_function_fails_request(cluster):
     assert "HTTP 404" in body["error"]["message"]
     assert "No function named 'object-detector'" in body["error"]["message"]
     assert body["output"]["status"] == "error"
+
+
+GOOD_OUTPUTS: dict[str, Any] = {
+    "ffmpeg-0": {"video": "in/video.mp4", "audio": "in/audio.wav", "has_video": True},
+    "librosa": {"segments": [{"start_s": 0.0, "end_s": 1.0}, {"start_s": 2.0, "end_s": 3.0}]},
+    "ffmpeg-1": {"clips": [{"uri": "in/clip_0.mp4", "index": 0}, "in/clip_1.mp4"]},
+    "ffmpeg-2": {"wav": "in/clip.wav", "small": "in/clip.small.mp4", "has_video": True},
+    "asr": {"text": " words ", "transcript": "in/transcript.json"},
+    "ffmpeg-3": {"frames": ["in/frame_0.jpg", {"uri": "in/frame_1.jpg", "index": 1}]},
+    "object-detector": {"detections": [{"label": "thing", "score": 0.9, "box": [1, 2, 3, 4]}]},
+}
+
+
+def ok_reply(stage: str, output: Any, **telemetry: Any) -> dict[str, Any]:
+    return {"ok": True, "output": output, "telemetry": {"stage": stage, **telemetry}}
+
+
+BAD_REPLIES: dict[str, tuple[str, Any, str]] = {
+    # Each request id maps to the stage that replies badly, its reply body (a dict is sent as
+    # JSON, a str as it is) and a pattern of the error message.
+    "extra-list": (
+        "ffmpeg-0",
+        ok_reply("ffmpeg-0", GOOD_OUTPUTS["ffmpeg-0"], extra=["x"]),
+        r"^ffmpeg-0 returned telemetry\.extra as list; expected an object\.",
+    ),
+    "duration-str": (
+        "librosa",
+        ok_reply("librosa", GOOD_OUTPUTS["librosa"], duration_ms="fast"),
+        r"^librosa returned telemetry\.duration_ms as str; expected a number\.",
+    ),
+    "output-list": (
+        "ffmpeg-0",
+        {"ok": True, "output": [1]},
+        r"^ffmpeg-0 returned output as list; expected an object\.",
+    ),
+    "output-missing": ("ffmpeg-0", {"ok": True}, r"^ffmpeg-0 returned no output; expected an"),
+    "video-missing": (
+        "ffmpeg-0",
+        ok_reply("ffmpeg-0", {"audio": "in/audio.wav"}),
+        r"^ffmpeg-0 returned no video; expected an artifact URI string\.",
+    ),
+    "deep-json": ("ffmpeg-0", "[" * 100_000, r"with a body that is not the function contract's"),
+    "segments-str": (
+        "librosa",
+        ok_reply("librosa", {"segments": "abc"}),
+        r"^librosa returned segments as str; expected a list of objects",
+    ),
+    "segment-end-str": (
+        "librosa",
+        ok_reply("librosa", {"segments": [{"start_s": 0, "end_s": "1"}]}),
+        r"^librosa returned segments\[0\]\.end_s as str; expected a number of seconds",
+    ),
+    "clip-int": (
+        "ffmpeg-1",
+        ok_reply("ffmpeg-1", {"clips": [5]}),
+        r"^ffmpeg-1 returned clips\[0\] as int; expected an object with 'uri' and 'index'\.",
+    ),
+    "clip-index-str": (
+        "ffmpeg-1",
+        ok_reply("ffmpeg-1", {"clips": [{"uri": "in/c.mp4", "index": "abc"}]}),
+        r"^ffmpeg-1 returned clips\[0\]\.index as str; expected a non-negative integer\.",
+    ),
+    "clip-no-uri": (
+        "ffmpeg-1",
+        ok_reply("ffmpeg-1", {"clips": ["in/c.mp4", {"index": 1}]}),
+        r"^ffmpeg-1 returned no clips\[1\]\.uri; expected an artifact URI string\.",
+    ),
+    "clip-index-twice": (
+        "ffmpeg-1",
+        ok_reply("ffmpeg-1", {"clips": [{"uri": "in/a.mp4", "index": 1}, "in/b.mp4"]}),
+        r"^ffmpeg-1 returned index 1 for both clips\[0\] and clips\[1\]; expected a distinct",
+    ),
+    "wav-int": (
+        "ffmpeg-2",
+        ok_reply("ffmpeg-2", {"wav": 5, "small": None}),
+        r"^ffmpeg-2 returned wav as int; expected an artifact URI string or null\.",
+    ),
+    "text-missing": (
+        "asr",
+        ok_reply("asr", {"transcript": "in/t.json"}),
+        r"^asr returned no text; expected a string\.",
+    ),
+    "frames-str": (
+        "ffmpeg-3",
+        ok_reply("ffmpeg-3", {"frames": "abc"}),
+        r"^ffmpeg-3 returned frames as str; expected a list of",
+    ),
+    "detection-int": (
+        "object-detector",
+        ok_reply("object-detector", {"detections": [5]}),
+        r"^object-detector returned detections\[0\] as int; expected an object with 'label'",
+    ),
+}
+
+
+class FakeGateway:
+    """Plays the gateway and every stage on 127.0.0.1: aiohttp in a thread of its own.
+
+    Each stage replies with ``GOOD_OUTPUTS``, except the stage that ``BAD_REPLIES`` names
+    for the request id of the call, which sends that reply. ``calls`` lists the stage
+    called for each request id, in order.
+    """
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[str]] = {}
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.url = ""
+
+    def start(self) -> None:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=30)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.loop.close()
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/function/{name}", self.reply)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self.runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+
+    async def reply(self, request: web.Request) -> web.Response:
+        stage = request.match_info["name"]
+        request_id = (await request.json())["request_id"]
+        self.calls.setdefault(request_id, []).append(stage)
+        bad_stage, bad_reply, _ = BAD_REPLIES.get(request_id, (None, None, None))
+        if stage != bad_stage:
+            return web.json_response(ok_reply(stage, GOOD_OUTPUTS[stage], request_id=request_id))
+        if isinstance(bad_reply, str):
+            return web.Response(text=bad_reply, content_type="application/json")
+        return web.json_response(bad_reply)
+
+
+@pytest.fixture(scope="module")
+def fake_chain(tmp_path_factory):
+    """An orchestrator process whose gateway is a :class:`FakeGateway`."""
+    tmp_path = tmp_path_factory.mktemp("fake-chain")
+    gateway = FakeGateway()
+    gateway.start()
+    env = {
+        "VS_STORE": "local",
+        "VS_STORE_ROOT": str(tmp_path / "store"),
+        "VS_STAGE_CONFIG": json.dumps({"max_parallel": 2}),
+        "VS_GATEWAY_URL": gateway.url,
+    }
+    process = FunctionProcess.start("orchestrator", tmp_path / "logs", env, name="orchestrator")
+    try:
+        process.wait_listening()
+        process.wait_ready()
+        yield {"gateway": gateway, "process": process, "store": LocalStore(tmp_path / "store")}
+    finally:
+        process.stop()
+        gateway.stop()
+
+
+def run_fake_chain(fake_chain, request_id: str) -> httpx.Response:
+    video = fake_chain["store"].put_bytes("inputs/in.mp4", b"not read by the fake stages")
+    return httpx.post(
+        fake_chain["process"].url,
+        json={"request_id": request_id, "video": video},
+        timeout=60.0,
+    )
+
+
+def test_fake_chain_accepts_good_shapes(fake_chain):
+    response = run_fake_chain(fake_chain, "good-shapes")
+
+    summary = response.json()["output"]
+    assert response.status_code == 200
+    assert summary["status"] == "ok"
+    assert [t["clip"] for t in summary["transcripts"]] == [0, 1]
+    assert summary["transcripts"][1]["text"] == "words"
+    assert summary["transcripts"][1]["start_s"] == 2.0
+    assert {t["status"] for t in summary["invocations"]} == {"ok"}
+    assert [(d["clip"], d["frame"]) for d in summary["detections"]] == [
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+    ]
+
+
+@pytest.mark.parametrize("request_id", list(BAD_REPLIES))
+def test_bad_response_shape_fails_request(fake_chain, request_id):
+    stage, _, message = BAD_REPLIES[request_id]
+
+    response = run_fake_chain(fake_chain, request_id)
+
+    body = response.json()
+    assert response.status_code == 500
+    assert body["error"]["kind"] == "bad_response"
+    assert body["error"]["stage"] == stage
+    assert re.search(message, body["error"]["message"])
+
+    summary = body["output"]
+    failed_calls = [t for t in summary["invocations"] if t["status"] != "ok"]
+    assert summary["status"] == "error"
+    assert summary["error"]["kind"] == "bad_response"
+    # Both clips' calls may fail before the first failure cancels the other.
+    assert {t["stage"] for t in failed_calls} == {stage}
+    assert {t["status"] for t in failed_calls} == {"bad_response"}
+
+    state = json.loads(fake_chain["store"].get_bytes(f"requests/{request_id}/state.json"))
+    failed_steps = [step for step in state["steps"].values() if step["status"] == "error"]
+    assert state["status"] == "error"
+    assert state["error"]["stage"] == stage
+    assert {step["stage"] for step in failed_steps} == {stage}
+    assert {step["error"]["kind"] for step in failed_steps} == {"bad_response"}
+    assert "running" not in {step["status"] for step in state["steps"].values()}
+
+
+def test_clip_without_uri_stops_before_ffmpeg_2(fake_chain):
+    fake_chain["gateway"].calls.pop("clip-no-uri", None)
+
+    response = run_fake_chain(fake_chain, "clip-no-uri")
+
+    summary = response.json()["output"]
+    assert response.status_code == 500
+    assert fake_chain["gateway"].calls["clip-no-uri"] == ["ffmpeg-0", "librosa", "ffmpeg-1"]
+    assert [t["stage"] for t in summary["invocations"]] == ["ffmpeg-0", "librosa", "ffmpeg-1"]
+    assert [t["status"] for t in summary["invocations"]] == ["ok", "ok", "bad_response"]
+
+
+class ClipFailingChain(ChainRun):
+    """Raises an exception other than a failed stage call once the chain reaches its clips."""
+
+    async def run_clip(self, clip: Clip) -> None:
+        raise RuntimeError(f"clip {clip.index} broke")
+
+
+def test_unexpected_error_saves_error_state(fake_chain, tmp_path):
+    store = LocalStore(tmp_path / "store")
+
+    async def run_chain_in_process() -> None:
+        async with httpx.AsyncClient() as http:
+            client = FunctionClient(
+                fake_chain["gateway"].url, http, timeout_s=30.0, retry=RetryPolicy(0.0)
+            )
+            chain = ClipFailingChain(
+                "unexpected", "inputs/in.mp4", store, client, asyncio.Semaphore(2)
+            )
+            await chain.run()
+
+    with pytest.raises(RuntimeError, match=r"^clip \d broke$"):
+        asyncio.run(run_chain_in_process())
+
+    state = json.loads(store.get_bytes("requests/unexpected/state.json"))
+    assert state["status"] == "error"
+    assert state["error"]["kind"] == "internal"
+    assert state["error"]["stage"] == "orchestrator"
+    assert re.match(
+        r"Unexpected RuntimeError in the orchestrator: clip \d broke", state["error"]["message"]
+    )
+    assert [step["status"] for step in state["steps"].values()] == ["ok", "ok", "ok"]
