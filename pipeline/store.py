@@ -176,7 +176,7 @@ class LocalStore:
 
 @dataclass(frozen=True)
 class S3Settings:
-    """Where and how to reach an S3-protocol server. The repr masks the secret key."""
+    """Connection settings of an S3-protocol server. The repr masks the secret key."""
 
     endpoint: str
     bucket: str
