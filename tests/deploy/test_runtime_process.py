@@ -58,7 +58,7 @@ def test_sigkill_of_standalone_runtime_kills_replicas(tmp_path):
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
 
-        wait_until(lambda: not noop_processes(), timeout_s=5.0, what="replicas to die")
+        wait_until(lambda: not noop_processes(), timeout_s=15.0, what="replicas to die")
         assert not _alive(pid)
     finally:
         if process.poll() is None:
