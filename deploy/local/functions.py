@@ -9,7 +9,11 @@ import time
 
 from deploy.local.policy import ScalePolicy
 from deploy.local.replicas import FunctionLog, Replica, ReplicaState
-from deploy.local.settings import DEFAULT_HEALTH_PATH, HEALTH_PATH_ANNOTATION
+from deploy.local.settings import (
+    DEFAULT_READY_PATH,
+    HEALTH_PATH_ANNOTATION,
+    READY_PATH_ANNOTATION,
+)
 from deploy.models import FunctionDeployment, FunctionStatus
 
 
@@ -48,8 +52,19 @@ class FunctionState:
         return self.deployment.service
 
     @property
-    def health_path(self) -> str:
-        path = self.deployment.annotations.get(HEALTH_PATH_ANNOTATION) or DEFAULT_HEALTH_PATH
+    def ready_path(self) -> str:
+        """Path whose 200 marks a new replica ready to take calls.
+
+        As for the readiness probe OpenFaaS sets on Kubernetes: ``com.openfaas.ready.http.path``
+        when set, else ``com.openfaas.health.http.path``, else ``/_/ready``. The health path
+        of a function may return 200 while its models are still loading.
+        """
+        annotations = self.deployment.annotations
+        path = (
+            annotations.get(READY_PATH_ANNOTATION)
+            or annotations.get(HEALTH_PATH_ANNOTATION)
+            or DEFAULT_READY_PATH
+        )
         return path if path.startswith("/") else "/" + path
 
     def replace_deployment(self, deployment: FunctionDeployment, policy: ScalePolicy) -> None:

@@ -92,7 +92,7 @@ class Replica:
         function_name: str,
         argv: list[str],
         env_vars: dict[str, str],
-        health_path: str,
+        ready_path: str,
         log: FunctionLog,
         generation: int,
         host: str = "127.0.0.1",
@@ -101,7 +101,7 @@ class Replica:
         self.replica_id = new_replica_id(function_name)
         self.argv = argv
         self.env_vars = env_vars
-        self.health_path = health_path
+        self.ready_path = ready_path
         self.log = log
         self.generation = generation
         self.host = host
@@ -224,9 +224,9 @@ class Replica:
     async def wait_ready(
         self, session: aiohttp.ClientSession, timeout_s: float, poll_interval_s: float
     ) -> None:
-        """Poll the health path until it returns 200; raise ReplicaStartError otherwise."""
+        """Poll the ready path until it returns 200; raise ReplicaStartError otherwise."""
         deadline = time.monotonic() + timeout_s
-        url = self.base_url + self.health_path
+        url = self.base_url + self.ready_path
         probe_timeout = aiohttp.ClientTimeout(total=max(poll_interval_s * 20, 1.0))
         while True:
             if self.exited.is_set():
@@ -249,7 +249,7 @@ class Replica:
                         return
             if time.monotonic() >= deadline:
                 raise self.start_error(
-                    f"did not return 200 on GET {self.health_path} within {timeout_s:g} s"
+                    f"did not return 200 on GET {self.ready_path} within {timeout_s:g} s"
                 )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.exited.wait(), timeout=poll_interval_s)

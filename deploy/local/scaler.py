@@ -273,7 +273,7 @@ class Scaler:
             function_name=fn.name,
             argv=list(fn.argv),
             env_vars=dict(fn.deployment.env_vars),
-            health_path=fn.health_path,
+            ready_path=fn.ready_path,
             log=fn.log,
             generation=fn.generation,
             host="127.0.0.1",

@@ -10,7 +10,9 @@ from pathlib import Path
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_RUN_DIR = Path("runs") / "local-runtime"
 DEFAULT_NAMESPACE = "openfaas-fn"
-DEFAULT_HEALTH_PATH = "/_/ready"
+DEFAULT_READY_PATH = "/_/ready"
+"""Path the runtime polls when a deployment names neither a ready nor a health path."""
+READY_PATH_ANNOTATION = "com.openfaas.ready.http.path"
 HEALTH_PATH_ANNOTATION = "com.openfaas.health.http.path"
 
 READY_TIMEOUT_S = 60.0
@@ -45,7 +47,7 @@ class RuntimeSettings:
     port: int = 0
     run_dir: Path = DEFAULT_RUN_DIR
     ready_timeout_s: float = READY_TIMEOUT_S
-    """How long a new replica may take to return 200 on its health path."""
+    """How long a new replica may take to return 200 on its ready path."""
     scale_from_zero_timeout_s: float = SCALE_FROM_ZERO_TIMEOUT_S
     """How long a call waits for a ready replica before it gets 504."""
     start_check_s: float = START_CHECK_S

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import shlex
@@ -13,6 +14,9 @@ from omegaconf import OmegaConf
 
 from deploy.errors import DeploymentInvalidError
 from deploy.functions import deployments_from_config
+from deploy.local.functions import FunctionState
+from deploy.local.policy import ScalePolicy
+from deploy.local.replicas import FunctionLog
 from deploy.models import (
     LABEL_SCALE_MIN,
     LABEL_SCALE_TARGET,
@@ -84,6 +88,31 @@ def test_local_deployment_fields():
     assert deployment.labels[LABEL_SCALE_MIN] == "0"
     assert deployment.labels[LABEL_SCALE_ZERO] == "true"
     assert deployment.secrets == []
+
+
+@pytest.mark.parametrize("backend_kind", ["local", "openfaas"])
+def test_probe_annotations_name_ready_and_health_paths(backend_kind):
+    deployments = deployments_from_config(
+        make_config(), gateway_url=GATEWAY, backend_kind=backend_kind
+    )
+
+    for deployment in deployments:
+        assert deployment.annotations["com.openfaas.ready.http.path"] == "/_/ready"
+        assert deployment.annotations["com.openfaas.health.http.path"] == "/_/health"
+
+
+def test_local_runtime_waits_on_ready_path(tmp_path):
+    deployment = deployments_from_config(make_config(), gateway_url=GATEWAY)[0]
+    log = FunctionLog(tmp_path / "function.log")
+
+    async def ready_path() -> str:
+        policy = ScalePolicy.from_deployment(deployment)
+        return FunctionState(deployment, policy, log).ready_path
+
+    path = asyncio.run(ready_path())
+    log.close()
+
+    assert path == "/_/ready"
 
 
 def test_deployment_round_trips_through_provider_json():

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
 import pytest
 
+from deploy.local.functions import FunctionState
+from deploy.local.policy import ScalePolicy
+from deploy.local.replicas import FunctionLog
 from tests.deploy.conftest import NOOP_COMMAND, noop_deployment
 
 
@@ -270,6 +274,59 @@ def test_health_path_annotation_is_used(http, deploy_noop):
     response = http.post("/function/custom")
 
     assert response.status_code == 200
+
+
+def test_ready_path_annotation_gates_calls(runtime, http, deploy_noop):
+    # /custom-ready returns 200 at once while /_/ready returns 503 for the first 2 s, like a
+    # function that listens at once and loads its models afterwards.
+    deploy_noop(
+        "loader",
+        args="--ready-delay 2",
+        annotations={
+            "com.openfaas.health.http.path": "/custom-ready",
+            "com.openfaas.ready.http.path": "/_/ready",
+        },
+    )
+
+    response = http.post("/function/loader")
+    replicas = runtime.replicas("loader")
+    ready_probes = [httpx.get(r.url + "/_/ready", timeout=10) for r in replicas]
+
+    assert response.status_code == 200
+    assert len(replicas) == 1
+    assert [probe.status_code for probe in ready_probes] == [200]
+
+
+@pytest.mark.parametrize(
+    ("annotations", "expected"),
+    [
+        ({}, "/_/ready"),
+        ({"com.openfaas.health.http.path": "/_/health"}, "/_/health"),
+        ({"com.openfaas.ready.http.path": "/_/ready"}, "/_/ready"),
+        (
+            {
+                "com.openfaas.health.http.path": "/_/health",
+                "com.openfaas.ready.http.path": "/loaded",
+            },
+            "/loaded",
+        ),
+        ({"com.openfaas.ready.http.path": "loaded"}, "/loaded"),
+        ({"com.openfaas.ready.http.path": "", "com.openfaas.health.http.path": "/h"}, "/h"),
+    ],
+    ids=["default", "health-only", "ready-only", "ready-wins", "no-slash", "empty-ready"],
+)
+def test_ready_path_precedence(tmp_path, annotations, expected):
+    deployment = noop_deployment(annotations=annotations)
+    log = FunctionLog(tmp_path / "noop.log")
+
+    async def ready_path() -> str:
+        fn = FunctionState(deployment, ScalePolicy.from_deployment(deployment), log)
+        return fn.ready_path
+
+    path = asyncio.run(ready_path())
+    log.close()
+
+    assert path == expected
 
 
 def test_duplicate_deploy_is_400_and_keeps_first(http, deploy_noop):

@@ -33,7 +33,7 @@ def test_spawn_with_nul_raises_replica_start_error(tmp_path, argv, env_vars):
             function_name="noop",
             argv=argv,
             env_vars=env_vars,
-            health_path="/_/ready",
+            ready_path="/_/ready",
             log=log,
             generation=0,
         )
