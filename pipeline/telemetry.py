@@ -49,14 +49,21 @@ class Telemetry:
 
 
 def replica_id() -> str:
-    """Return this process's replica id: ``VS_REPLICA_ID`` if set, else ``<hostname>-<pid>``.
+    """Return this process's replica id, computed once per process.
 
-    On Kubernetes the hostname is the pod name; on the embedded runtime the pid tells the
-    replica processes of one machine apart.
+    ``VS_REPLICA_ID`` when set (the embedded runtime sets it to the id in its logs), else
+    ``<HOSTNAME>-<pid>`` from the environment (on Kubernetes HOSTNAME is the pod name), else
+    ``<socket.gethostname()>-<pid>``. The pid keeps ids unique when one HOSTNAME is exported
+    to many function processes, as ``python -m pipeline run`` does.
     """
     global _REPLICA_ID
     if _REPLICA_ID is None:
-        _REPLICA_ID = os.environ.get(ENV_REPLICA_ID) or f"{socket.gethostname()}-{os.getpid()}"
+        explicit = os.environ.get(ENV_REPLICA_ID)
+        if explicit:
+            _REPLICA_ID = explicit
+        else:
+            host = os.environ.get("HOSTNAME") or socket.gethostname()
+            _REPLICA_ID = f"{host}-{os.getpid()}"
     return _REPLICA_ID
 
 

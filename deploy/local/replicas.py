@@ -143,7 +143,9 @@ class Replica:
         env = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
         env.update(self.env_vars)
         env["PORT"] = str(self.port)
+        # HOSTNAME as on Kubernetes; VS_REPLICA_ID is the id the function reports in telemetry.
         env["HOSTNAME"] = self.replica_id
+        env["VS_REPLICA_ID"] = self.replica_id
         parent_pid = os.getpid()
 
         try:

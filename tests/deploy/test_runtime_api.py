@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import httpx
+import psutil
 import pytest
 
 from deploy.local.functions import FunctionState
@@ -327,6 +328,20 @@ def test_ready_path_precedence(tmp_path, annotations, expected):
     log.close()
 
     assert path == expected
+
+
+def test_replica_env_carries_runtime_replica_id(runtime, http, deploy_noop):
+    # pipeline.telemetry reports VS_REPLICA_ID, so invocations.csv and the runtime's logs
+    # name a replica the same way.
+    deploy_noop("named")
+
+    response = http.post("/function/named")
+    (replica,) = runtime.replicas("named")
+    environ = psutil.Process(replica.pid).environ()
+
+    assert response.status_code == 200
+    assert environ["VS_REPLICA_ID"] == replica.replica_id
+    assert environ["HOSTNAME"] == replica.replica_id
 
 
 def test_duplicate_deploy_is_400_and_keeps_first(http, deploy_noop):
