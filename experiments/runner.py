@@ -3,13 +3,16 @@
 Steps, each logged at INFO:
 
 1. check the config and the dataset (nothing on the platform is touched before this);
-2. start the embedded runtime, or reach the OpenFaaS gateway and check the credentials;
-3. upload the dataset to the store under ``inputs/``;
-4. per repetition (``repeat``): deploy the functions with the regime's labels and settle
+2. on the local backend, compile the engines' JIT cache. ``python -m pipeline warm`` loads
+   the librosa stage once, so numba's compiled code is on disk before any replica starts.
+   The first cold start of a new install then costs the same as the later ones;
+3. start the embedded runtime, or reach the OpenFaaS gateway and check the credentials;
+4. upload the dataset to the store under ``inputs/``;
+5. per repetition (``repeat``): deploy the functions with the regime's labels and settle
    the regime. Run the Locust load while a thread samples the replica counts every second.
    Tear the functions down (unless ``keep_deployed``), compute the metrics, record them in
    one MLflow run and log a summary table;
-5. stop the embedded runtime.
+6. stop the embedded runtime.
 
 A repetition that fails or is interrupted is recorded with what it measured so far, as
 FAILED or KILLED, and its functions are torn down. A load in which every request failed is
@@ -20,8 +23,11 @@ error rate and kinds.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
+import subprocess
 import sys
 import time
 import uuid
@@ -32,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from deploy.client import GatewayClient
 from deploy.errors import DeployError, FunctionNotFoundError, GatewayError
@@ -65,12 +71,18 @@ from experiments.load.schedule import LoadSpec
 from experiments.metrics import compute_metrics
 from experiments.monitor import Progress, ReplicaSampler
 from pipeline.errors import PipelineError
+from pipeline.stages.base import ENV_STAGE_CONFIG
 
 logger = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id.txt"
 POLL_INTERVAL_S = 0.5
 WARMUP_REQUEST_PREFIX = "warmup-"
+JIT_CACHE_COMMAND = ("-m", "pipeline", "warm")
+JIT_CACHED_FUNCTION = "librosa"
+JIT_CACHE_TIMEOUT_S = 600.0
+"""Longest ``python -m pipeline warm`` may take. A first compile took 35 s on a loaded
+2-core machine, and about 2.5 s once numba's cache is on disk."""
 SUMMARY_METRICS = (
     ("requests", "requests_total", "{:.0f}"),
     ("ok", "requests_ok", "{:.0f}"),
@@ -158,6 +170,8 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = ()) ->
             measurements = Measurements()
             try:
                 if backend is None:
+                    if config.backend.kind == "local":
+                        compile_jit_cache(_function_config(cfg, JIT_CACHED_FUNCTION))
                     logger.info("Starting the %s backend", config.backend.kind)
                     backend = open_backend(config.backend, output_dir)
                     logger.info("Uploading %d dataset file(s)", len(items))
@@ -190,6 +204,66 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = ()) ->
         if status in statuses:
             return status
     return JobStatus.FINISHED
+
+
+def compile_jit_cache(
+    stage_config: dict[str, Any] | None = None, timeout_s: float = JIT_CACHE_TIMEOUT_S
+) -> float:
+    """Run ``python -m pipeline warm`` with this Python and return its duration in seconds.
+
+    Replicas of the local backend run with the same Python and environment, so they load
+    librosa's numba code from the cache this writes instead of compiling it. ``stage_config``
+    is the librosa function's config, passed as ``VS_STAGE_CONFIG``.
+
+    Raises :class:`BackendError` when the command fails or runs longer than ``timeout_s``.
+    """
+    logger.info("Compiling the engines' JIT cache")
+    argv = [sys.executable, *JIT_CACHE_COMMAND]
+    command = " ".join(["python", *JIT_CACHE_COMMAND])
+    env = dict(os.environ)
+    if stage_config is not None:
+        env[ENV_STAGE_CONFIG] = json.dumps(stage_config, sort_keys=True)
+    # The cache stays on disk, so the jobs of one sweep compile once.
+    done_key = (sys.executable, env.get("NUMBA_CACHE_DIR", ""), env.get(ENV_STAGE_CONFIG, ""))
+    if done_key in _JIT_CACHE_COMPILED:
+        logger.info("JIT cache already compiled by this process")
+        return 0.0
+    start = time.perf_counter()
+    try:
+        completed = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BackendError(
+            f"Compiling the engines' JIT cache timed out: {command!r} ran longer than "
+            f"{timeout_s:g} s. Run it by hand to see where it stops."
+        ) from exc
+    except OSError as exc:
+        raise BackendError(
+            f"Compiling the engines' JIT cache failed: {command!r} could not start: {exc}."
+        ) from exc
+    elapsed_s = time.perf_counter() - start
+    if completed.returncode != 0:
+        tail = "\n".join(completed.stderr.strip().splitlines()[-5:]) or "(no output)"
+        raise BackendError(
+            f"Compiling the engines' JIT cache failed: {command!r} exited with code "
+            f"{completed.returncode}. Its stderr ends with: {tail}"
+        )
+    logger.info("JIT cache ready in %.1f s", elapsed_s)
+    _JIT_CACHE_COMPILED.add(done_key)
+    return elapsed_s
+
+
+_JIT_CACHE_COMPILED: set[tuple[str, str, str]] = set()
+
+
+def _function_config(cfg: DictConfig, name: str) -> dict[str, Any] | None:
+    """Return ``pipeline.functions.NAME.config`` as a plain dict, or None when it is unset."""
+    value = OmegaConf.select(cfg, f"pipeline.functions.{name}.config", default=None)
+    if value is None:
+        return None
+    plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return dict(plain) if isinstance(plain, dict) else None
 
 
 def _converted(exc: Exception) -> Exception:

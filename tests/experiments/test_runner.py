@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from runner_fixtures import TEST_PASSWORD, replica_processes, runtime_with_echo
 
+from experiments import runner
 from experiments.cli import CONFIG_DIR
 from experiments.config import check_config, register_configs
 from experiments.dataset import resolve_dataset as resolve
@@ -22,6 +23,7 @@ from experiments.runner import (
     PipelineWarmup,
     _judge,
     _mask_saved_config,
+    compile_jit_cache,
     run_job,
     summary_table,
 )
@@ -326,3 +328,51 @@ def test_successful_load_logs_no_warning(caplog):
 
     assert (status, error) == ("FINISHED", None)
     assert caplog.records == []
+
+
+@pytest.fixture
+def no_compiled_jit_cache(monkeypatch):
+    """Forget which JIT caches this test process compiled, so the step runs again."""
+    monkeypatch.setattr(runner, "_JIT_CACHE_COMPILED", set())
+
+
+def test_jit_cache_step_runs_pipeline_warm(no_compiled_jit_cache, caplog):
+    caplog.set_level(logging.INFO, logger="experiments.runner")
+
+    compile_jit_cache({"top_db": 30.0})
+    again = compile_jit_cache({"top_db": 30.0})
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[0] == "Compiling the engines' JIT cache"
+    assert messages[1].startswith("JIT cache ready in ")
+    assert messages[3] == "JIT cache already compiled by this process"
+    assert again == 0.0
+
+
+def test_jit_cache_failure_names_command_and_error(no_compiled_jit_cache):
+    with pytest.raises(
+        BackendError,
+        match=r"'python -m pipeline warm' exited with code 2\..*top_db must be positive",
+    ):
+        compile_jit_cache({"top_db": -1.0})
+
+
+def test_jit_cache_timeout_is_named(no_compiled_jit_cache):
+    with pytest.raises(BackendError, match=r"JIT cache timed out: .* longer than 0\.01 s"):
+        compile_jit_cache({"top_db": 29.0}, timeout_s=0.01)
+
+
+def test_run_job_compiles_jit_cache_before_deploying(
+    tmp_path, no_compiled_jit_cache, caplog, monkeypatch
+):
+    caplog.set_level(logging.INFO, logger="experiments.runner")
+    failing = ("-c", "import sys; sys.exit('numba could not write its cache')")
+    monkeypatch.setattr(runner, "JIT_CACHE_COMMAND", failing)
+
+    status = run_job(compose_job(tmp_path), tmp_path / "job")
+
+    assert status == "FAILED"
+    assert "Compiling the engines' JIT cache failed" in caplog.text
+    assert "numba could not write its cache" in caplog.text
+    assert "Deploying" not in caplog.text
+    assert only_run(tmp_path).info.status == "FAILED"
