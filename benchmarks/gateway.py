@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -27,6 +25,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import machine_description  # noqa: E402
 from deploy.client import GatewayClient  # noqa: E402
 from deploy.models import FunctionDeployment  # noqa: E402
 
@@ -78,21 +77,6 @@ def measure_throughput_per_s(url: str, clients: int, duration_s: float) -> tuple
     for thread in threads:
         thread.join()
     return sum(counts) / (time.perf_counter() - started), sum(errors)
-
-
-def machine_description() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{model}, {os.cpu_count()} CPUs visible, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}"
-    )
 
 
 def replica_url(pid: int) -> str:

@@ -24,8 +24,6 @@ import argparse
 import datetime
 import io
 import logging
-import os
-import platform
 import statistics
 import sys
 import tarfile
@@ -35,6 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from benchmarks.machine import machine_description
 from pipeline.runner import LocalChain
 from pipeline.stages import STAGE_NAMES, stage_class
 from pipeline.stages.base import Stage
@@ -215,21 +214,6 @@ def measure_archives(video: Path, workdir: Path, repeats: int) -> dict[str, Any]
 
 def median(runs: list[dict[str, Any]], field: str) -> float:
     return statistics.median(run[field] for run in runs)
-
-
-def machine_description() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}"
-    )
 
 
 def render(framework: dict, archives: dict, video: Path, repeats: int, command: str) -> str:

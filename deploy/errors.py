@@ -37,11 +37,11 @@ class GatewayAuthError(GatewayError):
 
 
 class FunctionNotFoundError(GatewayError):
-    """The gateway knows no function of that name (404)."""
+    """The gateway has no function of that name (404)."""
 
 
 class GatewayServerError(GatewayError):
-    """The gateway or a function answered with a 5xx status."""
+    """The gateway or a function returned a 5xx status."""
 
 
 class ReadinessTimeoutError(DeployError):

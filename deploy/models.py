@@ -117,8 +117,9 @@ class FunctionStatus:
     usage_cpu: float | None = None
     usage_total_memory_bytes: float | None = None
     last_error: str = ""
-    """Why the last replica start failed; an extension of the embedded runtime, never sent
-    by OpenFaaS, and empty once a replica became ready again."""
+    """The cause of the last failed replica start, empty once a replica is ready again.
+
+    The embedded runtime adds this field; OpenFaaS never sends it."""
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -1,6 +1,6 @@
 """Per-request rows: what the locustfile writes as JSON lines, and the tables built from them.
 
-A row holds the columns of the requests table plus ``invocations``, the telemetry of every
+A row contains the columns of the requests table plus ``invocations``, the telemetry of every
 stage call from the orchestrator's response with the orchestrator's own telemetry last.
 This module imports no Locust, so the runner can read the rows while the load runs.
 """
@@ -63,7 +63,7 @@ MESSAGE_MAX_CHARS = 500
 
 @dataclass
 class Outcome:
-    """How one request ended, and the stage telemetry its response carried."""
+    """The outcome of one request, and the stage telemetry its response carried."""
 
     ok: bool
     error_kind: str = ""

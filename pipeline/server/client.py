@@ -107,7 +107,7 @@ class ResponseShapeError(ValueError):
     """A field of a function's reply is missing or of the wrong type.
 
     The message names the field by its path in the reply (``output``, ``telemetry.extra``,
-    ``clips[0].index``) and says what was expected, without the function's name.
+    ``clips[0].index``) and the expected type, without the function's name.
     """
 
     @classmethod
@@ -412,7 +412,7 @@ def _error_reply_telemetry(
 ) -> dict[str, Any]:
     """Return the telemetry of an error reply, from the client's clock if the reply's is bad.
 
-    The call fails with the function's own error, which says more than a bad telemetry field.
+    The call fails with the function's own error, which is more useful than a bad telemetry field.
     """
     try:
         return _reply_telemetry(payload, stage, request_id, start, extra)
