@@ -128,6 +128,30 @@ def test_function_entry_is_pipeline_serve():
     assert "FUNCTION" in [a.split("=")[0] for a in values(function, "ARG")]
 
 
+def test_base_bakes_numba_cache_at_build():
+    base = DOCKER / "Dockerfile.base"
+    warm = [a for a in values(base, "RUN") if "python -m pipeline warm" in a]
+
+    assert len(warm) == 1
+    assert warm[0].startswith("NUMBA_CACHE_DIR=/opt/numba-cache ")
+    assert env_of(base)["NUMBA_CPU_NAME"] == "generic"
+
+
+def test_function_entry_copies_numba_cache_first():
+    command = values(DOCKER / "Dockerfile", "CMD")[0]
+    copy = command.index('cp -R /opt/numba-cache/. \\"$NUMBA_CACHE_DIR\\"/;')
+
+    assert copy < command.index("exec python -m pipeline.serve")
+
+
+def test_readme_says_numba_cache_is_baked():
+    readme = (DOCKER / "README.md").read_text()
+
+    assert "starts empty" not in readme
+    assert "python -m pipeline warm" in readme
+    assert "/opt/numba-cache" in readme
+
+
 def test_function_image_builds_from_base():
     froms = [a for k, a in instructions(DOCKER / "Dockerfile") if k == "FROM"]
     args = [a for k, a in instructions(DOCKER / "Dockerfile") if k == "ARG"]
