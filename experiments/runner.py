@@ -98,6 +98,7 @@ SUMMARY_METRICS = (
     ("total cost (USD)", "cost_total_usd", "{:.6f}"),
     ("cost per 1k requests (USD)", "cost_per_1k_requests_usd", "{:.4f}"),
     ("kept replicas (USD/hour)", "kept_usd_per_hour", "{:.4f}"),
+    ("standing cost (USD/hour)", "standing_usd_per_hour", "{:.4f}"),
 )
 
 
