@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import TypeGuard
 
 from pipeline.errors import BadRequestError
 
@@ -17,7 +18,7 @@ _MAX_REPR_CHARS = 80
 """Maximum length of an invalid id's repr in an error message."""
 
 
-def is_valid_request_id(value: object) -> bool:
+def is_valid_request_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and REQUEST_ID_PATTERN.fullmatch(value) is not None
 
 

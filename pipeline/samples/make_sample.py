@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 import soundfile
@@ -34,7 +35,8 @@ def photographs() -> list[np.ndarray]:
     import skimage.data
     from PIL import Image
 
-    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
+    # With asfileobj left True, a jpg sample opens as a binary file, never an array.
+    with cast(IO[bytes], matplotlib.cbook.get_sample_data("grace_hopper.jpg")) as handle:
         hopper = np.asarray(Image.open(handle).convert("RGB"))
     return [skimage.data.chelsea(), hopper, skimage.data.astronaut()]
 

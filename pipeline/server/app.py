@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -108,7 +109,7 @@ class ServerSettings:
         )
 
 
-def _env_number(env: dict[str, str], name: str, default: Any, kind: type) -> Any:
+def _env_number(env: Mapping[str, str], name: str, default: Any, kind: type) -> Any:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -137,7 +138,7 @@ class FunctionServer:
             max_workers=settings.worker_threads + 1, thread_name_prefix=f"vs-{stage.name}"
         )
         self._load_lock = threading.Lock()
-        self._load_task: asyncio.Task | None = None
+        self._load_task: asyncio.Future[None] | None = None
         self._inflight = 0
         self._draining = False
 

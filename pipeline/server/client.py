@@ -270,7 +270,8 @@ class FunctionClient:
             return self._success(stage, input, request_id, start, payload, extra)
 
         telemetry = _error_reply_telemetry(payload, stage, request_id, start, extra)
-        error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+        raw_error = payload.get("error")
+        error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
         raise FunctionCallError(
             str(error.get("stage") or stage),
             str(error.get("input") or input),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from pipeline.errors import (
     ArtifactNotFoundError,
@@ -88,7 +88,8 @@ def error_reply(exc: BaseException, stage: str) -> ErrorReply:
         known = kind in ErrorKind._value2member_map_
         return ErrorReply(
             status,
-            ErrorKind(kind) if known else ErrorKind.UPSTREAM,
+            # Only strings are values of ErrorKind, so a known kind is a str.
+            ErrorKind(cast(str, kind)) if known else ErrorKind.UPSTREAM,
             exc.stage,
             exc.input,
             exc.reason,

@@ -223,6 +223,8 @@ class DeepSpeechEngine(SpeechEngine):
                 "the deepspeech package is not installed; run 'pip install .[deepspeech]' "
                 "on Python 3.9, or use engine 'whisper' or 'pocketsphinx'",
             ) from exc
+        # deepspeech_problems reports an unset path, so both are set here.
+        assert self.config.deepspeech_model and self.config.deepspeech_scorer
         model_path = str(Path(self.config.deepspeech_model).expanduser())
         scorer_path = str(Path(self.config.deepspeech_scorer).expanduser())
         try:

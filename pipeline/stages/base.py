@@ -9,7 +9,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pipeline.errors import BadRequestError
 from pipeline.ids import check_request_id
@@ -128,7 +128,7 @@ class Stage(ABC, Generic[ConfigT]):
             telemetry.status = "error"
             telemetry.finish((time.perf_counter() - start) * 1000.0)
             # The function server reports the telemetry of failed calls too.
-            exc.telemetry = telemetry
+            cast(Any, exc).telemetry = telemetry
             raise
         telemetry.finish((time.perf_counter() - start) * 1000.0)
         return StageResult(output, telemetry)

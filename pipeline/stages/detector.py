@@ -12,10 +12,11 @@ import ast
 import json
 import logging
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -95,17 +96,20 @@ class OnnxYoloDetector:
         self.lock: AbstractContextManager[Any] = nullcontext()
 
     def load(self) -> None:
-        bundled = not self.config.model_path
-        if bundled:
+        model_path = self.config.model_path
+        bundled = not model_path
+        if not model_path:
             path = models.nudenet_model_path(self.stage)
         else:
-            path = models.configured_path(self.stage, "model_path", self.config.model_path)
+            path = models.configured_path(self.stage, "model_path", model_path)
         self.path = path
         self.session = self.open_session(path)
 
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
-        self.input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
+        self.input_dtype: type[np.floating[Any]] = (
+            np.float16 if model_input.type == "tensor(float16)" else np.float32
+        )
         self.channels_first = not (len(model_input.shape) == 4 and model_input.shape[3] == 3)
         output_shapes = [output.shape for output in self.session.get_outputs()]
         self.layout = self.choose_layout(output_shapes)
@@ -241,7 +245,11 @@ class OnnxYoloDetector:
         kept = yolo.non_max_suppression(candidates, self.config.iou_threshold)
         frame_boxes = yolo.undo_letterbox(kept.boxes, box)
         return [
-            Detection(self.class_names[class_id], float(score), tuple(map(float, corners)))
+            Detection(
+                self.class_names[class_id],
+                float(score),
+                cast("tuple[float, float, float, float]", tuple(map(float, corners))),
+            )
             for corners, score, class_id in zip(
                 frame_boxes, kept.scores, kept.class_ids, strict=True
             )
@@ -310,7 +318,21 @@ class HaarFaceDetector:
         ]
 
 
-DETECTORS = {"onnx": OnnxYoloDetector, "haar": HaarFaceDetector}
+class Detector(Protocol):
+    """A detection engine as DetectorStage calls it: OnnxYoloDetector or HaarFaceDetector."""
+
+    lock: AbstractContextManager[Any]
+    model_info: dict[str, str]
+
+    def load(self) -> None: ...
+
+    def detect(self, image: np.ndarray, source: str) -> list[Detection]: ...
+
+
+DETECTORS: dict[str, Callable[[DetectorConfig, str], Detector]] = {
+    "onnx": OnnxYoloDetector,
+    "haar": HaarFaceDetector,
+}
 
 
 class DetectorStage(Stage[DetectorConfig]):
@@ -327,7 +349,7 @@ class DetectorStage(Stage[DetectorConfig]):
                 str(self.config.engine),
                 f"unknown detection engine; set engine to one of: {', '.join(DETECTORS)}",
             )
-        detector = detector_class(self.config, self.name)
+        detector: Detector = detector_class(self.config, self.name)
         detector.load()
         self.detector = detector
 
@@ -404,7 +426,13 @@ def onnxruntime_errors() -> tuple[type[Exception], ...]:
     """Return onnxruntime's exception classes, which derive from Exception directly."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
-    names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile")
+    names: tuple[str, ...] = (
+        "Fail",
+        "InvalidArgument",
+        "InvalidGraph",
+        "InvalidProtobuf",
+        "NoSuchFile",
+    )
     names += ("NoModel", "NotImplemented", "RuntimeException", "EngineError")
     found = tuple(getattr(state, name) for name in names if hasattr(state, name))
     return (*found, RuntimeError)

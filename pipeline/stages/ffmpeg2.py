@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import BadRequestError
@@ -89,7 +90,7 @@ class Ffmpeg2Stage(Stage[Ffmpeg2Config]):
 
         wav_path = invocation.scratch / f"clip_{index}.wav"
         small_path = invocation.scratch / f"clip_{index}.small.mp4"
-        args = ["-i", source]
+        args: list[str | Path] = ["-i", source]
         if info.has_audio:
             args += self._wav_args(wav_path)
         args += self._small_args(info, small_path)
@@ -114,7 +115,7 @@ class Ffmpeg2Stage(Stage[Ffmpeg2Config]):
         )
         return output
 
-    def _wav_args(self, target) -> list:
+    def _wav_args(self, target: Path) -> list[str | Path]:
         return [
             "-map", "0:a:0",
             "-vn",
@@ -125,8 +126,8 @@ class Ffmpeg2Stage(Stage[Ffmpeg2Config]):
             target,
         ]  # fmt: skip
 
-    def _small_args(self, info: MediaInfo, target) -> list:
-        args: list = []
+    def _small_args(self, info: MediaInfo, target: Path) -> list[str | Path]:
+        args: list[str | Path] = []
         if info.has_video:
             # libx264 with yuv420p needs even sides; -2 keeps the aspect with an even width.
             height = min(info.video_height or self.config.max_height, self.config.max_height)

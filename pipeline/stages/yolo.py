@@ -260,13 +260,11 @@ def detect_layout(output_shapes: Sequence[Sequence[int | str | None]]) -> Layout
     if len(output_shapes) != 1 or len(output_shapes[0]) != 3:
         return None
     _, middle, last = output_shapes[0]
-    middle_known = isinstance(middle, int)
-    last_known = isinstance(last, int)
-    if middle_known and last_known:
+    if isinstance(middle, int) and isinstance(last, int):
         return Layout.YOLOV8 if middle < last else Layout.YOLOV5
-    if middle_known:
+    if isinstance(middle, int):
         return Layout.YOLOV8
-    if last_known:
+    if isinstance(last, int):
         return Layout.YOLOV5
     return None
 
