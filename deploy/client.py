@@ -138,7 +138,9 @@ class GatewayClient:
             raise self._error(response, action=action, function=function)
         return response
 
-    def _error(self, response: httpx.Response, *, action: str, function: str) -> GatewayError:
+    def _error(
+        self, response: httpx.Response, *, action: str, function: str
+    ) -> GatewayError | DeploymentInvalidError:
         url = str(response.request.url)
         status = response.status_code
         message = _server_message(response)

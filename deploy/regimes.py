@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from deploy.errors import DeployError, DeploymentInvalidError, ReadinessTimeoutError
 from deploy.models import (
@@ -161,7 +161,7 @@ def _as_regime_config(regime: Any) -> RegimeConfig:
 
     try:
         merged = OmegaConf.merge(OmegaConf.structured(RegimeConfig), regime)
-        return OmegaConf.to_object(merged)
+        return cast(RegimeConfig, OmegaConf.to_object(merged))
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -284,7 +284,8 @@ def _reject_unknown_keys(node: Any, path: str) -> None:
         known = {item.name for item in dataclasses.fields(schema)}
         for key in node:
             if key not in known:
-                where = f"{path}.{key}" if path else str(key)
+                name = str(key)
+                where = f"{path}.{name}" if path else name
                 raise ConfigError(
                     f"Unknown config key {where!r}: {schema.__name__} has the fields "
                     f"{', '.join(sorted(known))}. Remove it or fix its spelling."
@@ -295,7 +296,8 @@ def _reject_unknown_keys(node: Any, path: str) -> None:
         if isinstance(key, str) and key == "config" and path.startswith("pipeline.functions."):
             continue
         child = node._get_node(key)
-        _reject_unknown_keys(child, f"{path}.{key}" if path else str(key))
+        name = str(key)
+        _reject_unknown_keys(child, f"{path}.{name}" if path else name)
 
 
 def _check_ranges(config: Config) -> None:

@@ -13,9 +13,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import unquote, urlparse
 
-from experiments.config import DatasetConfig, MinioStorageConfig, StorageConfig
+from experiments.config import (
+    DatasetConfig,
+    LocalStorageConfig,
+    MinioStorageConfig,
+    StorageConfig,
+)
 from experiments.errors import DatasetError
 from pipeline.errors import StorageError
 from pipeline.store import ArtifactStore, LocalStore, S3Settings, S3Store
@@ -111,10 +117,12 @@ def open_store(storage: StorageConfig) -> ArtifactStore:
                 secure=storage.secure,
             )
         )
+    # check_config admits only the two storage schemas, so the other one is local.
+    local = cast(LocalStorageConfig, storage)
     try:
-        return LocalStore(Path(storage.root).resolve())
+        return LocalStore(Path(local.root).resolve())
     except OSError as exc:
-        raise DatasetError(f"Cannot create the store folder {storage.root}: {exc}.") from exc
+        raise DatasetError(f"Cannot create the store folder {local.root}: {exc}.") from exc
 
 
 def sanitised_name(name: str) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -284,7 +285,7 @@ def stage_breakdown(stages: pd.DataFrame) -> Figure:
     return fig
 
 
-def _workload_panels(table: pd.DataFrame) -> tuple[Figure, dict[str, object]]:
+def _workload_panels(table: pd.DataFrame) -> tuple[Figure, dict[str, Axes]]:
     workloads = sorted(str(w) for w in table["workload"].unique()) if len(table) else []
     count = max(len(workloads), 1)
     fig = Figure(figsize=(PANEL_WIDTH_IN * count, PANEL_HEIGHT_IN), layout="constrained")

@@ -189,6 +189,7 @@ def load_sweep(
         title = parent.info.run_name or parent_run_id
         where = f"run {parent_run_id}"
     else:
+        assert experiment_name is not None, "exactly one selector is given (checked above)"
         experiment = _get_experiment(client, experiment_name, tracking_uri)
         runs = _search(client, [experiment.experiment_id], "")
         runs = [run for run in runs if REGIME_PARAM in run.data.params]

@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -50,6 +50,8 @@ from experiments.backend import Backend, open_backend
 from experiments.config import (
     BurstWorkloadConfig,
     Config,
+    LocalBackendConfig,
+    OpenFaasBackendConfig,
     SteadyWorkloadConfig,
     check_config,
     masked_container,
@@ -174,7 +176,11 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = ()) ->
                     if config.backend.kind == "local":
                         compile_jit_cache(_function_config(cfg, JIT_CACHED_FUNCTION))
                     logger.info("Starting the %s backend", config.backend.kind)
-                    backend = open_backend(config.backend, output_dir)
+                    # check_config admits only the two backend schemas.
+                    backend_config = cast(
+                        LocalBackendConfig | OpenFaasBackendConfig, config.backend
+                    )
+                    backend = open_backend(backend_config, output_dir)
                     logger.info("Uploading %d dataset file(s)", len(items))
                     videos = upload_dataset(open_store(config.storage), items)
                 rep_dir = output_dir if config.repeat == 1 else output_dir / f"repeat-{index}"
@@ -263,7 +269,9 @@ def _function_config(cfg: DictConfig, name: str) -> dict[str, Any] | None:
     value = OmegaConf.select(cfg, f"pipeline.functions.{name}.config", default=None)
     if value is None:
         return None
-    plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    plain: Any = (
+        OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    )
     return dict(plain) if isinstance(plain, dict) else None
 
 
@@ -394,7 +402,7 @@ def _teardown(backend: Backend, deployments: Sequence[FunctionDeployment], keep:
 
 def _load_spec(config: Config, videos: list[str], rep_dir: Path) -> LoadSpec:
     workload = config.workload
-    common = dict(
+    common: dict[str, Any] = dict(
         kind=workload.kind,
         videos=tuple(videos),
         requests_dir=str((rep_dir / "load").resolve()),
@@ -455,7 +463,9 @@ def _drive_load(
                 raise LoadError(
                     f"The load ran past its {limit_s:.0f} s limit; see {locust.log_path}."
                 )
-        locust.check_exit(locust.poll())
+        status = locust.poll()
+        assert status is not None, "the loop above ends once Locust has exited"
+        locust.check_exit(status)
     finally:
         locust.stop()
         measurements.load_ended = time.time()

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 # MLflow 3 sends usage telemetry to its vendor unless this is set before mlflow is imported.
 # Nothing in this project may reach beyond the package registries, so it is off by default.
@@ -370,7 +370,7 @@ class JobRun:
     def __enter__(self) -> JobRun:
         return self
 
-    def __exit__(self, exc_type, exc, _traceback) -> bool:
+    def __exit__(self, exc_type, exc, _traceback) -> Literal[False]:
         if exc is None:
             self.end(JobStatus.FINISHED)
         elif isinstance(exc, KeyboardInterrupt):
@@ -613,6 +613,7 @@ class MlflowSweepCallback(Callback):
         from experiments.report import build_report
 
         out_dir = self.reports_dir / parent.run_name
+        assert _Store.uri is not None, "on_multirun_start configured the store"
         try:
             path = build_report(parent.run_id, tracking_uri=_Store.uri, out_dir=out_dir)
         except TrackingError as error:

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import httpx
 
@@ -98,7 +99,7 @@ class UiServer:
                 raise UiError(
                     f"mlflow server exited with code {self.process.returncode} before it was "
                     f"ready at {self.url}; run the command by hand to see its output: "
-                    f"{' '.join(self.process.args)}"
+                    f"{' '.join(cast(list[str], self.process.args))}"
                 )
             try:
                 if httpx.get(f"{self.url}/health", timeout=READY_POLL_S * 4).status_code == 200:
@@ -203,7 +204,7 @@ def serve_ui(tracking_uri: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
                 server.stop()
     raise UiError(
         f"mlflow server at {server.url} exited on its own with code {code}; run the command "
-        f"by hand to see its output: {' '.join(server.process.args)}"
+        f"by hand to see its output: {' '.join(cast(list[str], server.process.args))}"
     )
 
 
@@ -225,10 +226,8 @@ def ui_main(argv: Sequence[str] | None = None) -> int:
         "--port", type=_port, default=DEFAULT_PORT, help="TCP port (default %(default)s)"
     )
     args = parser.parse_args(argv)
-    if (
-        sqlite_path(args.tracking_uri) is not None
-        and not Path(sqlite_path(args.tracking_uri)).is_file()
-    ):
+    database = sqlite_path(args.tracking_uri)
+    if database is not None and not Path(database).is_file():
         print(
             f"note: {args.tracking_uri} does not exist yet; the UI will show no runs.",
             file=sys.stderr,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -61,7 +61,9 @@ async def basic_auth_middleware(request: web.Request, handler):
     """Require basic auth on ``/system/*`` when credentials are configured."""
     credentials = request.app.get(CREDENTIALS_KEY)
     protected = credentials is not None and request.path.startswith("/system/")
-    if protected and not check_basic_auth(request.headers.get("Authorization"), credentials):
+    if protected and not check_basic_auth(
+        request.headers.get("Authorization"), cast(Credentials, credentials)
+    ):
         logger.warning(
             "Rejected %s %s from %s: missing or invalid basic auth credentials",
             request.method,

@@ -147,6 +147,7 @@ class LocustProcesses:
 
     def wait(self, timeout_s: float) -> int:
         """Wait for the load to end and return the exit status; raise LoadError on timeout."""
+        assert self._master is not None, "wait() runs only after start()"
         try:
             status = self._master.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:

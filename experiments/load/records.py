@@ -223,7 +223,7 @@ class JsonLinesTail:
         self._offsets: dict[Path, int] = {}
 
     def read_new(self) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
+        rows: list[dict[str, Any] | None] = []
         for path in sorted(self.folder.glob(self.pattern)):
             offset = self._offsets.get(path, 0)
             with path.open("rb") as handle:
