@@ -151,7 +151,7 @@ def run_command(args: argparse.Namespace) -> int:
             summary = chain.run(video.resolve(), request_id)
             wall_s = time.perf_counter() - start
     except ChainRunError as exc:
-        # The stage names its copy of the video in the store; say which file that was.
+        # The stage's message names the store's copy of the video, so name the user's file too.
         print(f"error: the chain failed on {video}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except PipelineError as exc:

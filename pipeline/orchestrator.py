@@ -197,7 +197,7 @@ class ChainRun:
         try:
             await self.run_steps()
         except* FunctionCallError:
-            pass  # self.failure holds the first failed call.
+            pass  # self.failure is the first failed call.
         except* Exception as group:
             error = _first_leaf(group)
             await self.save_unexpected_error(error)

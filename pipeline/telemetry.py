@@ -18,9 +18,9 @@ DEFAULT_MEMORY_LIMIT_MB = 1024
 class Telemetry:
     """What one invocation cost, as reported in every response.
 
-    ``duration_ms`` is the wall time of the invocation on the replica; ``compute_ms`` the
-    part spent inside the engines (ffmpeg, librosa, the speech or detection model);
-    ``init_ms`` the model load time of this replica (reported on every call);
+    ``duration_ms`` is the wall time of the invocation on the replica. ``compute_ms`` is the
+    part spent inside the engines (ffmpeg, librosa, the speech or detection model).
+    ``init_ms`` is the model load time of this replica, reported on every call.
     ``cost_gb_s`` is ``duration_ms / 1000 * memory_limit_mb / 1024``.
     """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-# MLflow 3 reports usage to a remote host unless told not to, and the tests send traffic
+# MLflow 3 reports usage to a remote host unless that is disabled, and the tests send traffic
 # to loopback only. Set before any test module imports mlflow.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")

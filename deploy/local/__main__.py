@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m deploy.local",
         description="Serve the OpenFaaS gateway API on loopback, running replicas as processes.",
     )
+
+    # Where it listens and who may use the /system API.
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free)")
     parser.add_argument(
         "--host",
@@ -37,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="folder for functions/<name>.log"
     )
+
     parser.add_argument(
         "--basic-auth",
         action="store_true",
@@ -53,8 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--secrets-dir",
         type=Path,
         default=None,
-        help="folder holding basic-auth-user and basic-auth-password files",
+        help="folder containing the basic-auth-user and basic-auth-password files",
     )
+
+    # How replicas start and scale.
     parser.add_argument(
         "--ready-timeout", type=float, default=None, help="seconds per replica start"
     )
@@ -65,9 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-replicas-per-function",
         type=int,
         default=DEFAULT_MAX_REPLICAS_PER_FUNCTION,
-        help="highest replica count of any function; higher scale labels are rejected "
+        help="maximum replica count of any function; higher scale labels are rejected "
         f"(default {DEFAULT_MAX_REPLICAS_PER_FUNCTION})",
     )
+
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser.parse_args(argv)
 

@@ -104,8 +104,10 @@ BUSY_LOG_INTERVAL_S = 10.0
 class _BusyRejectionLog:
     """Log a function's 429 rejections at most once per interval, with the count since.
 
-    A burst against full replicas makes many rejections that callers retry; one line per
-    interval keeps the log readable and still says how many there were.
+    A burst against full replicas makes many rejections that callers retry. One line per
+    interval keeps the log readable. The count of suppressed rejections appears on the next
+    line logged, so the last batch of a burst is not counted in the log (the metrics count
+    every retry).
     """
 
     def __init__(self, interval_s: float = BUSY_LOG_INTERVAL_S):

@@ -34,7 +34,7 @@ REPLICA_START_BATCH = 8
 
 @dataclass(frozen=True)
 class RuntimeSettings:
-    """How the embedded runtime listens, starts replicas and scales them.
+    """Settings that control where the embedded runtime listens and how it runs replicas.
 
     Durations are in seconds. ``port=0`` picks a free port (read it back from
     ``LocalRuntime.url``). Basic auth on ``/system/*`` is off unless ``auth_enabled``. When it
@@ -55,7 +55,7 @@ class RuntimeSettings:
     stop_grace_s: float = STOP_GRACE_S
     """Time between SIGTERM and SIGKILL when a replica is stopped."""
     upstream_timeout_s: float = UPSTREAM_TIMEOUT_S
-    """Longest a replica may take to respond to one call; past it the call gets 504."""
+    """Maximum time a replica may take to respond to one call. After it, the call gets 504."""
     health_poll_interval_s: float = HEALTH_POLL_INTERVAL_S
     scaler_interval_s: float = SCALER_INTERVAL_S
     scale_down_idle_s: float = SCALE_DOWN_IDLE_S

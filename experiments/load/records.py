@@ -79,8 +79,8 @@ def classify(status_code: int, body: Any, error: BaseException | None) -> Outcom
     """Classify one orchestrator response.
 
     ``error`` is the transport exception (no response arrived). A body that names a failed
-    stage gives ``stage_failed:<stage>`` whatever the status; otherwise a 5xx is
-    ``http_5xx``, a 4xx ``http_4xx``, and a 200 whose body is not ``ok`` is
+    stage gives ``stage_failed:<stage>`` whatever the status. Otherwise a 5xx is
+    ``http_5xx`` and a 4xx is ``http_4xx``. A 200 whose body is not ``ok`` is
     ``stage_failed:orchestrator``.
     """
     if error is not None:

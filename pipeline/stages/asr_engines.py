@@ -214,6 +214,7 @@ class DeepSpeechEngine(SpeechEngine):
         problems = deepspeech_problems(self.config, sys.version_info[:2])
         if problems:
             raise EngineUnavailableError(self.stage, "deepspeech", " ".join(problems))
+
         try:
             import deepspeech
         except ImportError as exc:
@@ -223,6 +224,7 @@ class DeepSpeechEngine(SpeechEngine):
                 "the deepspeech package is not installed; run 'pip install .[deepspeech]' "
                 "on Python 3.9, or use engine 'whisper' or 'pocketsphinx'",
             ) from exc
+
         # deepspeech_problems reports an unset path, so both are set here.
         assert self.config.deepspeech_model and self.config.deepspeech_scorer
         model_path = str(Path(self.config.deepspeech_model).expanduser())
@@ -238,6 +240,7 @@ class DeepSpeechEngine(SpeechEngine):
                 model_path,
                 f"DeepSpeech cannot load the model or scorer {scorer_path}: {exc}",
             ) from exc
+
         if self._model.sampleRate() != SAMPLE_RATE_HZ:
             raise EngineUnavailableError(
                 self.stage,

@@ -24,7 +24,7 @@ ConfigT = TypeVar("ConfigT")
 
 @dataclass
 class Invocation:
-    """What a stage's ``run`` receives besides its config."""
+    """The per-call context a stage's ``run`` receives besides its config."""
 
     request_id: str
     store: ArtifactStore

@@ -3,8 +3,8 @@
 Run as ``python noop_function.py [--exit-at-once CODE] [--never-ready] [--ready-delay S]``;
 it listens on ``$PORT`` (8080 by default). A call's JSON body or query string may carry
 ``sleep_s`` (wait before responding) and ``crash`` (write to stderr and exit with code 3 in the
-middle of the call). ``GET /_/ready`` and ``GET /_/health`` answer 200 once ready;
-``GET /custom-ready`` always answers 200. Uses only
+middle of the call). ``GET /_/ready`` and ``GET /_/health`` return 200 once ready, and
+``GET /custom-ready`` always returns 200. Uses only
 the standard library so that a replica starts in a few tens of milliseconds.
 """
 

@@ -79,7 +79,7 @@ def test_429_past_inflight_limit(runtime, http, deploy_noop):
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(http.post, "/function/noop", json={"sleep_s": 1.5})
-        # A probe sent before the slow call holds the slot would take it and get 200.
+        # A probe sent before the slow call takes the slot would get the slot and a 200.
         wait_until(slow_call_in_flight, what="the slow call to hold the only slot")
         wait_until(probe_rejected, what="a 429 while the slow call holds the only slot")
         assert slow.result().status_code == 200

@@ -1,8 +1,8 @@
-"""A trivial function for load tests: answers every POST like the orchestrator would.
+"""A trivial function for load tests that replies to every POST as the orchestrator would.
 
 Run as ``python echo_function.py``; it listens on 127.0.0.1:$PORT. ``ECHO_DELAY_S`` delays
-each answer, ``ECHO_STATUS`` sets the HTTP status, and ``ECHO_FAILED_STAGE`` makes the body
-report that stage as failed. The first answer of the process has ``cold_start`` true.
+each reply, ``ECHO_STATUS`` sets the HTTP status, and ``ECHO_FAILED_STAGE`` makes the body
+report that stage as failed. The first reply of the process has ``cold_start`` true.
 """
 
 from __future__ import annotations
